@@ -1,1 +1,10 @@
+//! Switchyard's `vswitch`: a vhost-user poll-mode L2 switch.
+//!
+//! Control path: vhost-user sessions ([`vhost_port`]), the control socket ([`ctl`]) and the
+//! [`switch::Switch`] that owns ports. Data path: PMD threads ([`pmd`]) polling rings
+//! ([`vring`]) over frontends' memory ([`guest_mem`]), forwarding with a lock-free MAC table
+//! ([`fdb`]). Control changes reach PMDs as swapped snapshots ([`datapath`]).
 
+pub mod guest_mem;
+pub mod sg;
+pub mod vring;

@@ -1,0 +1,218 @@
+//! Scatter-gather lists of host pointers into guest memory, and copies between them.
+//!
+//! A [`SegList`] is filled by the ring code from descriptors that [`crate::guest_mem`] has
+//! bounds-checked, so every `(ptr, len)` in it is a valid range of a live mapping for as long as
+//! the ring (which holds the memory table alive) is locked by the caller.
+
+/// Most segments one descriptor chain may have. Frames without offloads need one or two; Linux
+/// uses at most MAX_SKB_FRAGS + 2 (19). Longer chains are dropped as errors.
+pub const MAX_SEGS: usize = 64;
+
+/// One contiguous piece of guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Seg {
+    pub ptr: *mut u8,
+    pub len: u32,
+}
+
+/// A fixed-capacity list of segments (no allocation on the hot path).
+pub struct SegList {
+    segs: [Seg; MAX_SEGS],
+    n: usize,
+    total: u64,
+}
+
+impl Default for SegList {
+    fn default() -> Self {
+        SegList {
+            segs: [Seg {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            }; MAX_SEGS],
+            n: 0,
+            total: 0,
+        }
+    }
+}
+
+impl SegList {
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.total = 0;
+    }
+
+    /// Appends a segment; false when the list is full.
+    #[inline(always)]
+    pub fn push(&mut self, ptr: *mut u8, len: u32) -> bool {
+        if self.n == MAX_SEGS {
+            return false;
+        }
+        self.segs[self.n] = Seg { ptr, len };
+        self.n += 1;
+        self.total += len as u64;
+        true
+    }
+
+    #[inline(always)]
+    pub fn segs(&self) -> &[Seg] {
+        &self.segs[..self.n]
+    }
+
+    /// Sum of the segment lengths.
+    #[inline(always)]
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// Copies `len` bytes from `src` starting at byte `src_off` to `dst` starting at `dst_off`.
+/// Returns false (copying nothing) when either side is too short.
+///
+/// # Safety
+/// Every segment of `src` must be readable and every segment of `dst` writable for its length
+/// for the duration of the call (the ring code guarantees this for lists it filled while the
+/// owning memory table is alive).
+#[inline(always)]
+pub unsafe fn copy(src: &[Seg], src_off: usize, dst: &[Seg], dst_off: usize, len: usize) -> bool {
+    // Fast path: both ranges inside the first segment (every small frame with simple buffers).
+    if let (Some(s), Some(d)) = (src.first(), dst.first()) {
+        if src_off + len <= s.len as usize && dst_off + len <= d.len as usize {
+            // SAFETY: both ranges are inside one segment each (checked just above), which the
+            // caller guarantees valid. `ptr::copy` tolerates overlap, which a hostile frontend
+            // could arrange between two of its own ports. Guest memory may change under us; the
+            // copy then carries whatever bytes it saw, which only affects that guest's frame.
+            unsafe { std::ptr::copy(s.ptr.add(src_off), d.ptr.add(dst_off), len) };
+            return true;
+        }
+    }
+    let (Some((mut si, mut so)), Some((mut di, mut d_o))) =
+        (locate(src, src_off, len), locate(dst, dst_off, len))
+    else {
+        return false;
+    };
+    let mut left = len;
+    while left > 0 {
+        let s = &src[si];
+        let d = &dst[di];
+        let n = left.min(s.len as usize - so).min(d.len as usize - d_o);
+        // SAFETY: `so + n <= s.len` and `d_o + n <= d.len` by the min above; the caller
+        // guarantees each segment valid. Overlap tolerated as above.
+        unsafe { std::ptr::copy(s.ptr.add(so), d.ptr.add(d_o), n) };
+        left -= n;
+        so += n;
+        d_o += n;
+        if so == s.len as usize {
+            si += 1;
+            so = 0;
+        }
+        if d_o == d.len as usize {
+            di += 1;
+            d_o = 0;
+        }
+    }
+    true
+}
+
+/// Finds (segment index, offset in it) of byte `off`, provided `off + len` bytes exist.
+#[inline(always)]
+fn locate(segs: &[Seg], mut off: usize, len: usize) -> Option<(usize, usize)> {
+    let total: usize = segs.iter().map(|s| s.len as usize).sum();
+    if off.checked_add(len)? > total {
+        return None;
+    }
+    for (i, s) in segs.iter().enumerate() {
+        if off < s.len as usize {
+            return Some((i, off));
+        }
+        off -= s.len as usize;
+    }
+    // off == total and len == 0
+    Some((segs.len(), 0))
+}
+
+/// Reads `out.len()` bytes at `off` from a segment list. False when too short.
+///
+/// # Safety
+/// As for [`copy`]: the segments must be readable for their lengths.
+#[inline(always)]
+pub unsafe fn read(src: &[Seg], off: usize, out: &mut [u8]) -> bool {
+    let dst = [Seg {
+        ptr: out.as_mut_ptr(),
+        len: out.len() as u32,
+    }];
+    // SAFETY: `dst` is our own buffer of exactly that length; the caller vouches for `src`.
+    unsafe { copy(src, off, &dst, 0, out.len()) }
+}
+
+/// Writes `bytes` at `off` into a segment list. False when too short.
+///
+/// # Safety
+/// As for [`copy`]: the segments must be writable for their lengths.
+#[inline(always)]
+pub unsafe fn write(dst: &[Seg], off: usize, bytes: &[u8]) -> bool {
+    let src = [Seg {
+        ptr: bytes.as_ptr() as *mut u8,
+        len: bytes.len() as u32,
+    }];
+    // SAFETY: `src` is only read; the caller vouches for `dst`.
+    unsafe { copy(&src, 0, dst, off, bytes.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(bufs: &mut [Vec<u8>]) -> SegList {
+        let mut l = SegList::default();
+        for b in bufs.iter_mut() {
+            assert!(l.push(b.as_mut_ptr(), b.len() as u32));
+        }
+        l
+    }
+
+    #[test]
+    fn copies_across_uneven_segments() {
+        let mut src_bufs = vec![
+            (0u8..3).collect::<Vec<_>>(),
+            (3u8..10).collect(),
+            (10u8..40).collect(),
+        ];
+        let mut dst_bufs = vec![vec![0u8; 5], vec![0u8; 1], vec![0u8; 50]];
+        let src = list(&mut src_bufs);
+        let dst = list(&mut dst_bufs);
+        // SAFETY: the lists point at live Vecs above.
+        assert!(unsafe { copy(src.segs(), 2, dst.segs(), 4, 30) });
+        let flat: Vec<u8> = dst_bufs.concat();
+        assert_eq!(&flat[4..34], &(2u8..32).collect::<Vec<_>>()[..]);
+        assert!(flat[..4].iter().all(|&b| b == 0));
+        assert!(flat[34..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn refuses_short_lists_and_reads_headers() {
+        let mut src_bufs = vec![vec![1u8; 4], vec![2u8; 4]];
+        let src = list(&mut src_bufs);
+        let mut out = [0u8; 6];
+        // SAFETY: the list points at live Vecs above.
+        unsafe {
+            assert!(read(src.segs(), 1, &mut out));
+            assert_eq!(out, [1, 1, 1, 2, 2, 2]);
+            assert!(!read(src.segs(), 3, &mut out), "only 5 bytes from offset 3");
+            assert!(write(src.segs(), 6, &[9, 9]));
+            assert!(!write(src.segs(), 7, &[9, 9]));
+        }
+        assert_eq!(src_bufs[1], vec![2, 2, 9, 9]);
+    }
+
+    #[test]
+    fn a_full_list_refuses_more() {
+        let mut l = SegList::default();
+        let mut b = [0u8; 1];
+        for _ in 0..MAX_SEGS {
+            assert!(l.push(b.as_mut_ptr(), 1));
+        }
+        assert!(!l.push(b.as_mut_ptr(), 1));
+        assert_eq!(l.total(), MAX_SEGS as u64);
+    }
+}
