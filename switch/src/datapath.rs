@@ -1,0 +1,485 @@
+//! What PMDs see: immutable snapshots of ports and rx queues, swapped between bursts, and the
+//! forwarding of one burst from a guest's tx ring to the destination ports' rx rings.
+//!
+//! A frame is copied once, from the source's tx descriptors straight into the destination's rx
+//! buffers: a burst is first parsed (descriptor chains walked, MACs learned, destinations
+//! decided), then delivered destination by destination (one ring lock, one publish and one
+//! interrupt decision per destination), then the source buffers are returned with one publish.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::fdb::{is_group, mac_from_bytes, Fdb};
+use crate::sg::{self, SegList};
+use crate::stats::PmdCounters;
+use crate::vring::{ChainError, DeviceRing};
+
+/// Most ports a switch has (port ids are bits in a u64 destination mask).
+pub const MAX_PORTS: usize = 64;
+/// Frames taken from one ring per poll.
+pub const BURST: usize = 32;
+
+/// A spin lock held for one burst at most.
+///
+/// A guest's tx ring is polled by exactly one PMD, so its lock is uncontended; a guest's rx ring
+/// may be written by every PMD (each delivers its own bursts), as with OVS's locked tx queues.
+/// The control path takes the lock only after removing the object from every snapshot.
+pub struct SpinLock<T> {
+    busy: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value inside is only reached through `SpinGuard`, which the `busy` flag makes
+// exclusive, so sharing the lock shares no unsynchronized access; T must be Send to move
+// between the threads that take turns.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    pub fn new(value: T) -> Self {
+        SpinLock {
+            busy: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    #[inline(always)]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
+    #[inline(always)]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Exclusive access to the value of a [`SpinLock`].
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> std::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: holding the guard means `busy` is ours: no other reference exists.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above, exclusive while the guard lives.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.busy.store(false, Ordering::Release);
+    }
+}
+
+/// A device ring shared by PMDs.
+pub type QueueRt = SpinLock<DeviceRing>;
+
+/// How frames reach a port.
+pub enum PortOut {
+    /// A vhost-user frontend's rx rings.
+    Vhost {
+        /// virtio-net header length the frontend negotiated (10 or 12).
+        hdr_len: usize,
+        mrg_rxbuf: bool,
+        /// Active rx rings (device writes); PMD `i` uses ring `i % len`.
+        to_guest: Vec<Arc<QueueRt>>,
+    },
+    /// A TAP device.
+    Tap(Arc<crate::tap::TapRt>),
+}
+
+/// One port as the datapath sees it.
+pub struct PortRt {
+    pub id: u8,
+    pub out: PortOut,
+}
+
+/// Where a polled rx queue gets its frames.
+pub enum RxSource {
+    /// A guest's tx ring, and the header length of that port.
+    Vhost {
+        queue: Arc<QueueRt>,
+        hdr_len: usize,
+    },
+    Tap(Arc<crate::tap::TapRt>),
+}
+
+/// One rx queue a PMD polls.
+pub struct RxqRt {
+    pub port: u8,
+    pub source: RxSource,
+}
+
+/// Everything a PMD needs, replaced as a whole by the control path.
+pub struct PmdSnapshot {
+    pub ports: Vec<Option<Arc<PortRt>>>,
+    /// Bit i set when `ports[i]` is present.
+    pub present: u64,
+    pub rxqs: Vec<RxqRt>,
+}
+
+impl PmdSnapshot {
+    pub fn empty() -> Self {
+        PmdSnapshot {
+            ports: (0..MAX_PORTS).map(|_| None).collect(),
+            present: 0,
+            rxqs: Vec::new(),
+        }
+    }
+}
+
+/// One parsed frame of a burst.
+pub struct Pkt {
+    pub segs: SegList,
+    pub head: u16,
+    /// Offset of the Ethernet frame in `segs` (the source's virtio-net header length).
+    pub off: u32,
+    /// Ethernet frame length.
+    pub len: u32,
+    /// Destination ports (bit mask).
+    pub dest: u64,
+}
+
+/// Preallocated per-PMD working memory: nothing is allocated while forwarding.
+pub struct Workspace {
+    pub pkts: Vec<Pkt>,
+    pub first: SegList,
+    pub cur: SegList,
+    pub pmd_index: usize,
+}
+
+impl Workspace {
+    pub fn new(pmd_index: usize) -> Box<Self> {
+        Box::new(Workspace {
+            pkts: (0..BURST)
+                .map(|_| Pkt {
+                    segs: SegList::default(),
+                    head: 0,
+                    off: 0,
+                    len: 0,
+                    dest: 0,
+                })
+                .collect(),
+            first: SegList::default(),
+            cur: SegList::default(),
+            pmd_index,
+        })
+    }
+}
+
+/// Codes for the last error a PMD saw on a port (for the control path's rate-limited log).
+pub fn error_code(e: ChainError) -> u64 {
+    e as u64 + 1
+}
+
+/// Forwarding context of one PMD.
+pub struct Forwarder<'a> {
+    pub snap: &'a PmdSnapshot,
+    pub fdb: &'a Fdb,
+    pub counters: &'a PmdCounters,
+}
+
+impl Forwarder<'_> {
+    /// Polls one rx queue once. Returns the frames taken.
+    #[inline(always)]
+    pub fn poll(&self, rxq: &RxqRt, ws: &mut Workspace) -> usize {
+        match &rxq.source {
+            RxSource::Vhost { queue, hdr_len } => self.poll_vhost(rxq.port, queue, *hdr_len, ws),
+            RxSource::Tap(tap) => crate::tap::poll(self, rxq.port, tap, ws),
+        }
+    }
+
+    fn note_error(&self, port: u8, e: ChainError) {
+        let pc = &self.counters.ports[port as usize];
+        pc.errors.add(1);
+        self.counters.last_error[port as usize].store(error_code(e), Ordering::Relaxed);
+    }
+
+    /// Decides where a frame goes and learns its source. `eth` is the first 12 bytes.
+    #[inline(always)]
+    pub fn classify(&self, in_port: u8, eth: &[u8; 12]) -> u64 {
+        let dst = mac_from_bytes(&eth[0..6]);
+        let src = mac_from_bytes(&eth[6..12]);
+        if !is_group(src) {
+            self.fdb.learn(src, in_port);
+        }
+        let flood = self.snap.present & !(1u64 << in_port);
+        if is_group(dst) {
+            return flood;
+        }
+        match self.fdb.lookup(dst) {
+            Some(p) if p == in_port => 0,
+            Some(p) => (1u64 << p) & self.snap.present,
+            None => flood,
+        }
+    }
+
+    fn poll_vhost(&self, port: u8, queue: &QueueRt, hdr_len: usize, ws: &mut Workspace) -> usize {
+        let Some(mut ring) = queue.try_lock() else {
+            return 0;
+        };
+        let ready = match ring.refresh_avail() {
+            Ok(0) => return 0,
+            Ok(n) => n as usize,
+            Err(e) => {
+                self.note_error(port, e);
+                return 0;
+            }
+        };
+        let n = ready.min(BURST);
+        let mut union = 0u64;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        for p in ws.pkts[..n].iter_mut() {
+            let head = ring.next_head();
+            ring.advance();
+            p.head = head;
+            p.dest = 0;
+            match ring.walk(head, false, &mut p.segs) {
+                Ok(total)
+                    if total >= hdr_len as u64 + 14
+                        && total - (hdr_len as u64) <= u32::MAX as u64 =>
+                {
+                    let mut eth = [0u8; 12];
+                    // SAFETY: the segments were validated by `walk` against the memory table the
+                    // ring holds alive, and we hold the ring's lock.
+                    unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth) };
+                    p.off = hdr_len as u32;
+                    p.len = (total - hdr_len as u64) as u32;
+                    p.dest = self.classify(port, &eth);
+                    union |= p.dest;
+                    rx_packets += 1;
+                    rx_bytes += p.len as u64;
+                }
+                Ok(_) => self.note_error(port, ChainError::Runt),
+                Err(e) => self.note_error(port, e),
+            }
+        }
+        self.deliver(
+            &ws.pkts[..n],
+            union,
+            &mut ws.first,
+            &mut ws.cur,
+            ws.pmd_index,
+        );
+        for p in ws.pkts[..n].iter() {
+            ring.push_used(p.head, 0);
+        }
+        if ring.publish() {
+            self.counters.interrupts.add(1);
+        }
+        let pc = &self.counters.ports[port as usize];
+        pc.rx_packets.add(rx_packets);
+        pc.rx_bytes.add(rx_bytes);
+        n
+    }
+
+    /// Delivers parsed frames to every port in `union`.
+    #[inline(always)]
+    pub fn deliver(
+        &self,
+        pkts: &[Pkt],
+        union: u64,
+        first: &mut SegList,
+        cur: &mut SegList,
+        pmd_index: usize,
+    ) {
+        let mut rest = union;
+        while rest != 0 {
+            let d = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let Some(port) = self.snap.ports[d].as_deref() else {
+                continue;
+            };
+            let bit = 1u64 << d;
+            match &port.out {
+                PortOut::Vhost {
+                    hdr_len,
+                    mrg_rxbuf,
+                    to_guest,
+                } => self.deliver_vhost(
+                    port.id, *hdr_len, *mrg_rxbuf, to_guest, pkts, bit, first, cur, pmd_index,
+                ),
+                PortOut::Tap(tap) => crate::tap::deliver(self, port.id, tap, pkts, bit),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_vhost(
+        &self,
+        port: u8,
+        hdr_len: usize,
+        mrg: bool,
+        to_guest: &[Arc<QueueRt>],
+        pkts: &[Pkt],
+        bit: u64,
+        first: &mut SegList,
+        cur: &mut SegList,
+        pmd_index: usize,
+    ) {
+        let pc = &self.counters.ports[port as usize];
+        if to_guest.is_empty() {
+            pc.tx_dropped
+                .add(pkts.iter().filter(|p| p.dest & bit != 0).count() as u64);
+            return;
+        }
+        let mut ring = to_guest[pmd_index % to_guest.len()].lock();
+        if let Err(e) = ring.refresh_avail() {
+            self.note_error(port, e);
+            pc.tx_dropped
+                .add(pkts.iter().filter(|p| p.dest & bit != 0).count() as u64);
+            return;
+        }
+        let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+        for p in pkts.iter().filter(|p| p.dest & bit != 0) {
+            match enqueue(
+                &mut ring,
+                &p.segs,
+                p.off as usize,
+                p.len as usize,
+                hdr_len,
+                mrg,
+                first,
+                cur,
+            ) {
+                Ok(()) => {
+                    sent += 1;
+                    bytes += p.len as u64;
+                }
+                Err(EnqueueError::NoBuffer) | Err(EnqueueError::TooBig) => dropped += 1,
+                Err(EnqueueError::Bad(e)) => {
+                    dropped += 1;
+                    self.note_error(port, e);
+                }
+            }
+        }
+        if ring.publish() {
+            self.counters.interrupts.add(1);
+        }
+        pc.tx_packets.add(sent);
+        pc.tx_bytes.add(bytes);
+        pc.tx_dropped.add(dropped);
+    }
+}
+
+/// Why a frame did not go into a guest's rx ring.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// No rx buffer posted.
+    NoBuffer,
+    /// The frame does not fit the posted buffer (without mergeable buffers).
+    TooBig,
+    /// The guest's rx descriptors are bad.
+    Bad(ChainError),
+}
+
+/// Writes one frame (with a fresh virtio-net header of `hdr_len` bytes) into a guest's rx ring.
+/// With mergeable rx buffers the frame may span several buffers (`num_buffers`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn enqueue(
+    ring: &mut DeviceRing,
+    src: &SegList,
+    src_off: usize,
+    len: usize,
+    hdr_len: usize,
+    mrg: bool,
+    first: &mut SegList,
+    cur: &mut SegList,
+) -> Result<(), EnqueueError> {
+    if ring.ready() == 0 && ring.refresh_avail().unwrap_or(0) == 0 {
+        return Err(EnqueueError::NoBuffer);
+    }
+    // Offloads are not negotiated, so the header is all zeros but num_buffers (VERSION_1 or
+    // MRG_RXBUF headers have it; it is 1 unless mergeable buffers are used).
+    let mut hdr = [0u8; 12];
+    hdr[10] = 1;
+    let head = ring.next_head();
+    let cap = match ring.walk(head, true, first) {
+        Ok(cap) => cap as usize,
+        Err(e) => {
+            ring.advance();
+            ring.push_used(head, 0);
+            return Err(EnqueueError::Bad(e));
+        }
+    };
+    if !mrg {
+        if cap < hdr_len + len {
+            return Err(EnqueueError::TooBig);
+        }
+        // SAFETY: `first` was validated by `walk` under the ring lock; `src` by the caller's walk
+        // of the source ring, whose lock the caller holds. Lengths were checked above.
+        unsafe {
+            sg::write(first.segs(), 0, &hdr[..hdr_len]);
+            sg::copy(src.segs(), src_off, first.segs(), hdr_len, len);
+        }
+        ring.advance();
+        ring.push_used(head, (hdr_len + len) as u32);
+        return Ok(());
+    }
+    if cap < hdr_len {
+        ring.advance();
+        ring.push_used(head, 0);
+        return Err(EnqueueError::Bad(ChainError::Runt));
+    }
+    let chunk = len.min(cap - hdr_len);
+    // SAFETY: as above; `chunk` fits after the header in this buffer.
+    unsafe {
+        sg::write(first.segs(), 0, &hdr[..hdr_len]);
+        sg::copy(src.segs(), src_off, first.segs(), hdr_len, chunk);
+    }
+    ring.advance();
+    ring.push_used(head, (hdr_len + chunk) as u32);
+    let mut done = chunk;
+    let mut bufs: u16 = 1;
+    while done < len {
+        if ring.ready() == 0 && ring.refresh_avail().unwrap_or(0) == 0 {
+            // Not enough buffers for the whole frame: give them back untouched.
+            ring.rewind(bufs, bufs);
+            return Err(EnqueueError::NoBuffer);
+        }
+        let head = ring.next_head();
+        match ring.walk(head, true, cur) {
+            Ok(cap) => {
+                let c = (len - done).min(cap as usize);
+                // SAFETY: as above; `c` fits in this buffer and in what is left of the source.
+                unsafe { sg::copy(src.segs(), src_off + done, cur.segs(), 0, c) };
+                ring.advance();
+                ring.push_used(head, c as u32);
+                done += c;
+                bufs += 1;
+            }
+            Err(e) => {
+                // A bad buffer mid-frame: the frame ends truncated where it is (the guest only
+                // hurts itself) and the bad buffer is returned empty.
+                // SAFETY: `first` holds at least the header (checked above).
+                unsafe { sg::write(first.segs(), 10, &bufs.to_le_bytes()) };
+                ring.advance();
+                ring.push_used(head, 0);
+                return Err(EnqueueError::Bad(e));
+            }
+        }
+    }
+    if bufs > 1 && hdr_len == 12 {
+        // SAFETY: `first` holds at least the 12-byte header (checked above).
+        unsafe { sg::write(first.segs(), 10, &bufs.to_le_bytes()) };
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The MAC learning table, shared by every PMD without locks.
+//!
+//! Each slot is one `AtomicU64` holding the MAC, the port and a valid bit, so a reader always
+//! sees a consistent MAC → port pair; the time it was last seen lives beside it and only matters
+//! for aging. Learning writes only when the port changes or the coarse clock has ticked, so a
+//! steady flow does not bounce cache lines between PMDs. Races between two learners are benign:
+//! the last writer wins, as with any learning switch.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Slots in the table (a power of two).
+const SLOTS: usize = 8192;
+/// Slots probed from a MAC's home slot.
+const PROBE: usize = 8;
+const VALID: u64 = 1 << 63;
+const MAC_MASK: u64 = (1 << 48) - 1;
+
+/// Default aging time, as in OVS.
+pub const DEFAULT_AGING_SECS: u32 = 300;
+
+/// A MAC address packed into the low 48 bits of a u64 (first byte most significant).
+pub type Mac = u64;
+
+/// Packs 6 bytes into a [`Mac`].
+#[inline(always)]
+pub fn mac_from_bytes(b: &[u8]) -> Mac {
+    ((b[0] as u64) << 40)
+        | ((b[1] as u64) << 32)
+        | ((b[2] as u64) << 24)
+        | ((b[3] as u64) << 16)
+        | ((b[4] as u64) << 8)
+        | b[5] as u64
+}
+
+/// Formats a [`Mac`] as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_to_string(mac: Mac) -> String {
+    let b = mac.to_be_bytes();
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[2], b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut b = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        b[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac_from_bytes(&b))
+}
+
+/// Group (multicast or broadcast) addresses have the low bit of the first byte set.
+#[inline(always)]
+pub fn is_group(mac: Mac) -> bool {
+    mac & (1 << 40) != 0
+}
+
+struct Slot {
+    entry: AtomicU64,
+    seen: AtomicU32,
+}
+
+/// One learned entry, for display.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FdbEntry {
+    pub mac: String,
+    pub port: u8,
+    pub age_secs: u32,
+}
+
+/// The MAC table.
+pub struct Fdb {
+    slots: Box<[Slot]>,
+    aging: AtomicU32,
+    /// Coarse clock in seconds since start, advanced by the control path once a second so the
+    /// hot path never reads a clock.
+    now: AtomicU32,
+}
+
+impl Default for Fdb {
+    fn default() -> Self {
+        Self::new(DEFAULT_AGING_SECS)
+    }
+}
+
+#[inline(always)]
+fn home(mac: Mac) -> usize {
+    (mac.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51) as usize & (SLOTS - 1)
+}
+
+#[inline(always)]
+fn pack(mac: Mac, port: u8) -> u64 {
+    VALID | ((port as u64) << 48) | (mac & MAC_MASK)
+}
+
+impl Fdb {
+    pub fn new(aging_secs: u32) -> Self {
+        let slots = (0..SLOTS)
+            .map(|_| Slot {
+                entry: AtomicU64::new(0),
+                seen: AtomicU32::new(0),
+            })
+            .collect();
+        Fdb {
+            slots,
+            aging: AtomicU32::new(aging_secs),
+            now: AtomicU32::new(1),
+        }
+    }
+
+    /// The coarse clock (seconds).
+    #[inline(always)]
+    pub fn now(&self) -> u32 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// Advances the coarse clock (control path, once a second).
+    pub fn tick(&self, now: u32) {
+        self.now.store(now.max(1), Ordering::Relaxed);
+    }
+
+    pub fn aging(&self) -> u32 {
+        self.aging.load(Ordering::Relaxed)
+    }
+
+    pub fn set_aging(&self, secs: u32) {
+        self.aging.store(secs, Ordering::Relaxed);
+    }
+
+    /// The port a MAC was learned on, unless unknown or aged out.
+    #[inline(always)]
+    pub fn lookup(&self, mac: Mac) -> Option<u8> {
+        let h = home(mac);
+        let want = mac & MAC_MASK;
+        for i in 0..PROBE {
+            let slot = &self.slots[(h + i) & (SLOTS - 1)];
+            let e = slot.entry.load(Ordering::Relaxed);
+            if e == 0 {
+                return None;
+            }
+            if e & VALID != 0 && e & MAC_MASK == want {
+                let age = self.now().wrapping_sub(slot.seen.load(Ordering::Relaxed));
+                if age > self.aging() {
+                    return None;
+                }
+                return Some((e >> 48) as u8 & 0x7f);
+            }
+        }
+        None
+    }
+
+    /// Learns `mac` on `port`.
+    #[inline(always)]
+    pub fn learn(&self, mac: Mac, port: u8) {
+        let now = self.now();
+        let h = home(mac);
+        let want = mac & MAC_MASK;
+        let packed = pack(mac, port);
+        let mut oldest = (u32::MAX, h);
+        for i in 0..PROBE {
+            let idx = (h + i) & (SLOTS - 1);
+            let slot = &self.slots[idx];
+            let e = slot.entry.load(Ordering::Relaxed);
+            if e & VALID != 0 && e & MAC_MASK == want {
+                if e != packed {
+                    slot.entry.store(packed, Ordering::Relaxed);
+                }
+                if slot.seen.load(Ordering::Relaxed) != now {
+                    slot.seen.store(now, Ordering::Relaxed);
+                }
+                return;
+            }
+            if e == 0 {
+                slot.seen.store(now, Ordering::Relaxed);
+                if slot
+                    .entry
+                    .compare_exchange(0, packed, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            let seen = slot.seen.load(Ordering::Relaxed);
+            if seen < oldest.0 {
+                oldest = (seen, idx);
+            }
+        }
+        // Neighbourhood full: replace the stalest entry.
+        let slot = &self.slots[oldest.1];
+        slot.seen.store(now, Ordering::Relaxed);
+        slot.entry.store(packed, Ordering::Relaxed);
+    }
+
+    /// Removes aged-out entries (control path). Returns how many.
+    pub fn expire(&self) -> usize {
+        let now = self.now();
+        let aging = self.aging();
+        self.remove_where(|_, seen| now.wrapping_sub(seen) > aging)
+    }
+
+    /// Forgets every MAC learned on `port` (port deleted or disconnected).
+    pub fn flush_port(&self, port: u8) -> usize {
+        self.remove_where(|e, _| (e >> 48) as u8 & 0x7f == port)
+    }
+
+    /// Forgets everything.
+    pub fn flush(&self) -> usize {
+        self.remove_where(|_, _| true)
+    }
+
+    fn remove_where(&self, pred: impl Fn(u64, u32) -> bool) -> usize {
+        // Removing leaves a hole in a probe sequence; entries behind it become unreachable for
+        // lookups (a miss floods) until relearned, which the next frame from them does.
+        let mut n = 0;
+        for slot in self.slots.iter() {
+            let e = slot.entry.load(Ordering::Relaxed);
+            if e & VALID != 0
+                && pred(e, slot.seen.load(Ordering::Relaxed))
+                && slot
+                    .entry
+                    .compare_exchange(e, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// All live entries, sorted by port then MAC.
+    pub fn entries(&self) -> Vec<FdbEntry> {
+        let now = self.now();
+        let aging = self.aging();
+        let mut out: Vec<(u8, Mac, u32)> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let e = s.entry.load(Ordering::Relaxed);
+                let age = now.wrapping_sub(s.seen.load(Ordering::Relaxed));
+                (e & VALID != 0 && age <= aging).then_some((
+                    (e >> 48) as u8 & 0x7f,
+                    e & MAC_MASK,
+                    age,
+                ))
+            })
+            .collect();
+        out.sort();
+        out.into_iter()
+            .map(|(port, mac, age)| FdbEntry {
+                mac: mac_to_string(mac),
+                port,
+                age_secs: age,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_moves_and_ages() {
+        let fdb = Fdb::new(10);
+        let a = parse_mac("52:54:00:00:00:01").unwrap();
+        assert_eq!(fdb.lookup(a), None);
+        fdb.learn(a, 3);
+        assert_eq!(fdb.lookup(a), Some(3));
+        fdb.learn(a, 5);
+        assert_eq!(fdb.lookup(a), Some(5), "a MAC that moves follows its port");
+        fdb.tick(12);
+        assert_eq!(fdb.lookup(a), None, "aged out after 10 s");
+        assert_eq!(fdb.expire(), 1);
+        assert!(fdb.entries().is_empty());
+    }
+
+    #[test]
+    fn many_macs_and_port_flush() {
+        let fdb = Fdb::new(300);
+        for i in 0..2000u64 {
+            fdb.learn(0x0200_0000_0000 | i, (i % 4) as u8);
+        }
+        let found = (0..2000u64)
+            .filter(|i| fdb.lookup(0x0200_0000_0000 | i) == Some((i % 4) as u8))
+            .count();
+        assert!(found > 1990, "only {found} of 2000 found");
+        let flushed = fdb.flush_port(1);
+        assert!(flushed >= 490);
+        assert!((0..2000u64).all(|i| fdb.lookup(0x0200_0000_0000 | i) != Some(1)));
+    }
+
+    #[test]
+    fn mac_helpers() {
+        let m = parse_mac("ff:ff:ff:ff:ff:ff").unwrap();
+        assert!(is_group(m));
+        assert!(!is_group(parse_mac("52:54:00:12:34:56").unwrap()));
+        assert!(is_group(parse_mac("01:00:5e:00:00:01").unwrap()));
+        assert_eq!(
+            mac_to_string(parse_mac("52:54:00:12:34:56").unwrap()),
+            "52:54:00:12:34:56"
+        );
+        assert_eq!(parse_mac("52:54:00"), None);
+        assert_eq!(
+            mac_from_bytes(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            parse_mac("52:54:00:12:34:56").unwrap()
+        );
+    }
+}

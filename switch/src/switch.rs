@@ -1,0 +1,616 @@
+//! The switch's control core: ports, PMDs, and the snapshots that connect them.
+//!
+//! All reconfiguration goes through one mutex (control path only; PMDs never take it). After a
+//! change, [`SwitchCore::republish`] builds a fresh snapshot per PMD and waits until each PMD has
+//! swapped it in, so when it returns no PMD uses anything that was removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::datapath::{PmdSnapshot, PortOut, PortRt, QueueRt, RxSource, RxqRt, MAX_PORTS};
+use crate::fdb::Fdb;
+use crate::pmd::{PmdError, PmdHandle};
+use crate::stats::{PmdStats, PortStats};
+use crate::tap::{TapError, TapRt, TAP_HDR_LEN};
+use crate::vhost_port::{feature_names, Mode, PortError, PortRunner};
+use crate::vring::ChainError;
+
+/// Switch-wide settings.
+#[derive(Clone, Debug)]
+pub struct SwitchConfig {
+    pub pmd_cores: Vec<usize>,
+    pub mac_aging_secs: u32,
+    /// An idle PMD may sleep up to this long between polls (0: pure polling).
+    pub pmd_max_sleep_us: u64,
+}
+
+/// Errors of control operations, phrased for the person at the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("a port named {0:?} already exists")]
+    DuplicateName(String),
+    #[error(
+        "port names are 1 to 32 characters of letters, digits, '-', '_' and '.'; {0:?} is not"
+    )]
+    BadName(String),
+    #[error("socket {path} is already used by port {port:?}")]
+    SocketTaken { path: PathBuf, port: String },
+    #[error("TAP {ifname} is already used by port {port:?}")]
+    TapTaken { ifname: String, port: String },
+    #[error("no port named {0:?} (see `vswitch ctl ports`)")]
+    NoSuchPort(String),
+    #[error("the switch has {MAX_PORTS} ports already")]
+    Full,
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Pmd(#[from] PmdError),
+    #[error("at least one PMD core is needed")]
+    NoPmds,
+}
+
+/// What kind of port, and where it connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    VhostUser { socket: PathBuf, mode: Mode },
+    Tap { ifname: String },
+}
+
+/// Rings a vhost-user session has active, as handed to the datapath.
+#[derive(Default)]
+pub struct PortQueues {
+    pub hdr_len: usize,
+    pub mrg_rxbuf: bool,
+    /// (queue pair, ring) for the guest's rx rings (the switch writes).
+    pub to_guest: Vec<(u16, Arc<QueueRt>)>,
+    /// (queue pair, ring) for the guest's tx rings (the switch polls).
+    pub from_guest: Vec<(u16, Arc<QueueRt>)>,
+}
+
+/// What a port's frontend negotiated, for display.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SessionInfo {
+    pub connected: bool,
+    pub features: u64,
+    pub protocol_features: u64,
+    pub mem_regions: usize,
+    pub mem_bytes: u64,
+    pub active_vrings: Vec<u16>,
+}
+
+struct PortEntry {
+    uid: u64,
+    id: u8,
+    kind: PortKind,
+    queues: PortQueues,
+    tap: Option<Arc<TapRt>>,
+    session: SessionInfo,
+    baseline: PortStats,
+    protocol_errors: u64,
+    last_protocol_error: String,
+    errors_logged: u64,
+    runner: Option<PortRunner>,
+}
+
+/// One rx queue's PMD, for `pmd-rxq`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RxqAssignment {
+    pub pmd: usize,
+    pub core: usize,
+    pub port: String,
+    pub queue: u16,
+}
+
+#[derive(Default)]
+struct State {
+    ports: BTreeMap<String, PortEntry>,
+    next_uid: u64,
+    assignment: Vec<RxqAssignment>,
+    pmd_baseline: Vec<PmdStats>,
+}
+
+/// Port facts for `ports`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortInfo {
+    pub name: String,
+    pub id: u8,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Socket path or TAP interface name.
+    pub target: String,
+    pub mode: String,
+    pub state: String,
+    pub features: Vec<&'static str>,
+    pub queue_pairs: usize,
+    pub mem_bytes: u64,
+    pub protocol_errors: u64,
+    pub last_protocol_error: String,
+}
+
+/// Counters of one port for `stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortStatsRow {
+    pub name: String,
+    pub id: u8,
+    #[serde(flatten)]
+    pub stats: PortStats,
+    pub protocol_errors: u64,
+}
+
+/// One learned MAC for `fdb`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FdbRow {
+    pub port: String,
+    pub mac: String,
+    pub age_secs: u32,
+}
+
+/// The switch: shared by the control socket, port session threads and housekeeping.
+pub struct SwitchCore {
+    state: Mutex<State>,
+    pub fdb: Arc<Fdb>,
+    pmds: Vec<PmdHandle>,
+    started: Instant,
+}
+
+impl SwitchCore {
+    /// Starts the PMDs.
+    pub fn new(cfg: &SwitchConfig) -> Result<Arc<Self>, SwitchError> {
+        if cfg.pmd_cores.is_empty() {
+            return Err(SwitchError::NoPmds);
+        }
+        let fdb = Arc::new(Fdb::new(cfg.mac_aging_secs));
+        let pmds = cfg
+            .pmd_cores
+            .iter()
+            .enumerate()
+            .map(|(i, &core)| PmdHandle::spawn(i, core, fdb.clone(), cfg.pmd_max_sleep_us))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = State {
+            pmd_baseline: pmds
+                .iter()
+                .map(|p| PmdStats {
+                    pmd: p.index,
+                    core: p.core,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Ok(Arc::new(SwitchCore {
+            state: Mutex::new(state),
+            fdb,
+            pmds,
+            started: Instant::now(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn port_counters_sum(&self, id: u8) -> PortStats {
+        let mut s = PortStats::default();
+        for p in &self.pmds {
+            s.add(&p.counters.ports[id as usize]);
+        }
+        s
+    }
+
+    /// Adds a port.
+    pub fn add_port(self: &Arc<Self>, name: &str, kind: PortKind) -> Result<(), SwitchError> {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(SwitchError::BadName(name.to_string()));
+        }
+        let mut st = self.lock();
+        if st.ports.contains_key(name) {
+            return Err(SwitchError::DuplicateName(name.to_string()));
+        }
+        for (other, e) in &st.ports {
+            match (&e.kind, &kind) {
+                (PortKind::VhostUser { socket: a, .. }, PortKind::VhostUser { socket: b, .. })
+                    if same_path(a, b) =>
+                {
+                    return Err(SwitchError::SocketTaken {
+                        path: b.clone(),
+                        port: other.clone(),
+                    })
+                }
+                (PortKind::Tap { ifname: a }, PortKind::Tap { ifname: b }) if a == b => {
+                    return Err(SwitchError::TapTaken {
+                        ifname: b.clone(),
+                        port: other.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let used: Vec<u8> = st.ports.values().map(|e| e.id).collect();
+        let id = (0..MAX_PORTS as u8)
+            .find(|i| !used.contains(i))
+            .ok_or(SwitchError::Full)?;
+        let uid = st.next_uid;
+        st.next_uid += 1;
+        let (runner, tap) = match &kind {
+            PortKind::VhostUser { socket, mode } => (
+                Some(PortRunner::start(
+                    self.clone(),
+                    uid,
+                    name,
+                    socket,
+                    mode.clone(),
+                )?),
+                None,
+            ),
+            PortKind::Tap { ifname } => (None, Some(Arc::new(TapRt::open(ifname)?))),
+        };
+        let session = SessionInfo {
+            connected: tap.is_some(),
+            ..Default::default()
+        };
+        st.ports.insert(
+            name.to_string(),
+            PortEntry {
+                uid,
+                id,
+                kind,
+                queues: PortQueues::default(),
+                tap,
+                session,
+                baseline: self.port_counters_sum(id),
+                protocol_errors: 0,
+                last_protocol_error: String::new(),
+                errors_logged: 0,
+                runner,
+            },
+        );
+        self.republish(&mut st);
+        tracing::info!("added port {name} (id {id})");
+        Ok(())
+    }
+
+    /// Removes a port; traffic on other ports continues.
+    pub fn del_port(&self, name: &str) -> Result<(), SwitchError> {
+        let entry = {
+            let mut st = self.lock();
+            let entry = st
+                .ports
+                .remove(name)
+                .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+            self.republish(&mut st);
+            self.fdb.flush_port(entry.id);
+            entry
+        };
+        // Outside the lock: the session thread may be waiting for it to report its shutdown.
+        let PortEntry { runner, queues, .. } = entry;
+        if let Some(r) = runner {
+            r.stop();
+        }
+        drop(queues);
+        tracing::info!("deleted port {name}");
+        Ok(())
+    }
+
+    /// Removes every port (shutdown).
+    pub fn del_all_ports(&self) {
+        let names: Vec<String> = self.lock().ports.keys().cloned().collect();
+        for n in names {
+            let _ = self.del_port(&n);
+        }
+    }
+
+    /// A session's active rings changed.
+    pub fn set_port_queues(&self, uid: u64, queues: PortQueues) {
+        let mut st = self.lock();
+        let Some(e) = st.ports.values_mut().find(|e| e.uid == uid) else {
+            return;
+        };
+        let old = std::mem::replace(&mut e.queues, queues);
+        self.republish(&mut st);
+        drop(st);
+        drop(old);
+    }
+
+    /// A session's negotiated state changed.
+    pub fn set_session(&self, uid: u64, info: SessionInfo) {
+        if let Some(e) = self.lock().ports.values_mut().find(|e| e.uid == uid) {
+            e.session = info;
+        }
+    }
+
+    /// A session ended: forget what was learned on the port.
+    pub fn session_ended(&self, uid: u64) {
+        let mut st = self.lock();
+        if let Some(e) = st.ports.values_mut().find(|e| e.uid == uid) {
+            e.session = SessionInfo::default();
+            let id = e.id;
+            self.fdb.flush_port(id);
+        }
+    }
+
+    /// Counts (and logs, rate-limited by the caller's rarity) a vhost-user protocol error.
+    pub fn note_protocol_error(&self, uid: u64, msg: &str) {
+        let mut st = self.lock();
+        if let Some((name, e)) = st.ports.iter_mut().find(|(_, e)| e.uid == uid) {
+            e.protocol_errors += 1;
+            e.last_protocol_error = msg.to_string();
+            // Protocol errors are per message, not per packet, but a hostile frontend could send
+            // many: log the first ten, then every thousandth.
+            if e.protocol_errors <= 10 || e.protocol_errors % 1000 == 0 {
+                tracing::warn!(
+                    "port {name}: vhost-user error #{}: {msg}",
+                    e.protocol_errors
+                );
+            }
+        }
+    }
+
+    fn republish(&self, st: &mut State) {
+        let mut ports: Vec<Option<Arc<PortRt>>> = (0..MAX_PORTS).map(|_| None).collect();
+        let mut present = 0u64;
+        let mut rxqs: Vec<(u8, String, u16, RxSource)> = Vec::new();
+        for (name, e) in &st.ports {
+            let out = match &e.tap {
+                Some(tap) => {
+                    rxqs.push((e.id, name.clone(), 0, RxSource::Tap(tap.clone())));
+                    Some(PortOut::Tap(tap.clone()))
+                }
+                None => {
+                    for (q, ring) in &e.queues.from_guest {
+                        rxqs.push((
+                            e.id,
+                            name.clone(),
+                            *q,
+                            RxSource::Vhost {
+                                queue: ring.clone(),
+                                hdr_len: e.queues.hdr_len,
+                            },
+                        ));
+                    }
+                    (!e.queues.to_guest.is_empty()).then(|| PortOut::Vhost {
+                        hdr_len: e.queues.hdr_len,
+                        mrg_rxbuf: e.queues.mrg_rxbuf,
+                        to_guest: e.queues.to_guest.iter().map(|(_, r)| r.clone()).collect(),
+                    })
+                }
+            };
+            if let Some(out) = out {
+                ports[e.id as usize] = Some(Arc::new(PortRt { id: e.id, out }));
+                present |= 1u64 << e.id;
+            }
+        }
+        rxqs.sort_by_key(|(id, _, q, _)| (*id, *q));
+        let n = self.pmds.len();
+        let mut per_pmd: Vec<Vec<RxqRt>> = (0..n).map(|_| Vec::new()).collect();
+        st.assignment.clear();
+        for (i, (id, name, q, source)) in rxqs.into_iter().enumerate() {
+            let pmd = i % n;
+            st.assignment.push(RxqAssignment {
+                pmd,
+                core: self.pmds[pmd].core,
+                port: name,
+                queue: q,
+            });
+            per_pmd[pmd].push(RxqRt { port: id, source });
+        }
+        for (pmd, rxqs) in self.pmds.iter().zip(per_pmd) {
+            let snap = Arc::new(PmdSnapshot {
+                ports: ports.clone(),
+                present,
+                rxqs,
+            });
+            if let Err(e) = pmd.swap(snap) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// Port facts.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        let st = self.lock();
+        let mut v: Vec<PortInfo> = st
+            .ports
+            .iter()
+            .map(|(name, e)| {
+                let (kind, target, mode) = match &e.kind {
+                    PortKind::VhostUser { socket, mode } => (
+                        "vhost-user",
+                        socket.display().to_string(),
+                        match mode {
+                            Mode::Server => "server",
+                            Mode::Client => "client",
+                        },
+                    ),
+                    PortKind::Tap { ifname } => ("tap", ifname.clone(), "-"),
+                };
+                let state = if e.tap.is_some() {
+                    "up"
+                } else if !e.queues.to_guest.is_empty() || !e.queues.from_guest.is_empty() {
+                    "up"
+                } else if e.session.connected {
+                    "connected"
+                } else {
+                    "waiting"
+                };
+                PortInfo {
+                    name: name.clone(),
+                    id: e.id,
+                    kind: kind.into(),
+                    target,
+                    mode: mode.into(),
+                    state: state.into(),
+                    features: feature_names(e.session.features),
+                    queue_pairs: e.queues.from_guest.len().max(e.queues.to_guest.len()),
+                    mem_bytes: e.session.mem_bytes,
+                    protocol_errors: e.protocol_errors,
+                    last_protocol_error: e.last_protocol_error.clone(),
+                }
+            })
+            .collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// Counters per port (all, or one).
+    pub fn stats(&self, port: Option<&str>) -> Result<Vec<PortStatsRow>, SwitchError> {
+        let st = self.lock();
+        if let Some(p) = port {
+            if !st.ports.contains_key(p) {
+                return Err(SwitchError::NoSuchPort(p.to_string()));
+            }
+        }
+        let mut rows: Vec<PortStatsRow> = st
+            .ports
+            .iter()
+            .filter(|(n, _)| port.is_none_or(|p| p == n.as_str()))
+            .map(|(name, e)| PortStatsRow {
+                name: name.clone(),
+                id: e.id,
+                stats: self.port_counters_sum(e.id).since(&e.baseline),
+                protocol_errors: e.protocol_errors,
+            })
+            .collect();
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Zeroes the counters of every port.
+    pub fn clear_stats(&self) {
+        let mut st = self.lock();
+        let ids: Vec<(String, u8)> = st.ports.iter().map(|(n, e)| (n.clone(), e.id)).collect();
+        for (n, id) in ids {
+            let now = self.port_counters_sum(id);
+            if let Some(e) = st.ports.get_mut(&n) {
+                e.baseline = now;
+                e.protocol_errors = 0;
+            }
+        }
+    }
+
+    /// The MAC table with port names.
+    pub fn fdb_rows(&self) -> Vec<FdbRow> {
+        let st = self.lock();
+        let names: BTreeMap<u8, String> = st.ports.iter().map(|(n, e)| (e.id, n.clone())).collect();
+        self.fdb
+            .entries()
+            .into_iter()
+            .map(|e| FdbRow {
+                port: names
+                    .get(&e.port)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", e.port)),
+                mac: e.mac,
+                age_secs: e.age_secs,
+            })
+            .collect()
+    }
+
+    /// Which PMD polls which rx queue.
+    pub fn pmd_rxq(&self) -> Vec<RxqAssignment> {
+        self.lock().assignment.clone()
+    }
+
+    /// PMD cycle and burst counters since start (or the last clear).
+    pub fn pmd_stats(&self) -> Vec<PmdStats> {
+        let st = self.lock();
+        self.pmds
+            .iter()
+            .zip(&st.pmd_baseline)
+            .map(|(p, base)| PmdStats::from_counters(p.index, p.core, &p.counters, base))
+            .collect()
+    }
+
+    pub fn clear_pmd_stats(&self) {
+        let zero: Vec<PmdStats> = self
+            .pmds
+            .iter()
+            .map(|p| PmdStats::from_counters(p.index, p.core, &p.counters, &PmdStats::default()))
+            .collect();
+        self.lock().pmd_baseline = zero;
+    }
+
+    /// Once a second: advance the MAC table's clock, age entries, log datapath errors
+    /// (rate-limited: one line per port per second at most).
+    pub fn housekeeping(&self) {
+        self.fdb.tick(self.started.elapsed().as_secs() as u32 + 1);
+        self.fdb.expire();
+        let mut st = self.lock();
+        let ids: Vec<(String, u8)> = st.ports.iter().map(|(n, e)| (n.clone(), e.id)).collect();
+        for (name, id) in ids {
+            let errors = self.port_counters_sum(id).errors;
+            let last = self
+                .pmds
+                .iter()
+                .map(|p| {
+                    p.counters.last_error[id as usize].load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .max()
+                .unwrap_or(0);
+            if let Some(e) = st.ports.get_mut(&name) {
+                if errors > e.errors_logged {
+                    let what = chain_error_from_code(last)
+                        .map_or("bad frame".to_string(), |c| c.to_string());
+                    tracing::warn!(
+                        "port {name}: {} bad descriptors or frames in the last second (last: {what})",
+                        errors - e.errors_logged
+                    );
+                    e.errors_logged = errors;
+                }
+            }
+        }
+    }
+
+    /// Runs housekeeping once a second until `stop` is set.
+    pub fn spawn_housekeeping(
+        self: &Arc<Self>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let core = self.clone();
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    core.housekeeping();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .expect("spawn housekeeping thread")
+    }
+
+    /// The TAP header length (for documentation and tests).
+    pub fn tap_header_len() -> usize {
+        TAP_HDR_LEN
+    }
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+}
+
+fn chain_error_from_code(code: u64) -> Option<ChainError> {
+    use ChainError::*;
+    [
+        BadIndex,
+        BadAddress,
+        Loop,
+        ZeroLength,
+        WrongDirection,
+        BadIndirect,
+        TooManySegments,
+        Runt,
+        BadAvailIndex,
+    ]
+    .into_iter()
+    .find(|e| crate::datapath::error_code(*e) == code)
+}

@@ -1,0 +1,258 @@
+//! TAP uplink ports: a kernel TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) polled by a PMD.
+//!
+//! The fd is non-blocking: a poll reads until EAGAIN or a burst, and a write that would block
+//! is a counted drop, never a stall. Frames from guests are written with `writev` straight from
+//! guest memory (the only copy is the kernel's). The vnet header is all zeros both ways: the
+//! switch negotiates no checksum or segmentation offloads, so every frame is complete on the
+//! wire (see the README's limitations).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::datapath::{Forwarder, Pkt, SpinLock, BURST};
+use crate::vring::ChainError;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// virtio-net header length used on the TAP (the 12-byte VERSION_1 form).
+pub const TAP_HDR_LEN: usize = 12;
+/// Largest frame read from the TAP (jumbo-capable), plus the header.
+const SLOT: usize = 9216 + TAP_HDR_LEN;
+
+/// Errors opening a TAP.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("TAP interface name {0:?} is empty or longer than 15 bytes")]
+    BadName(String),
+    #[error("cannot open /dev/net/tun (is the tun module available, are you root?)")]
+    Open(#[source] io::Error),
+    #[error("cannot create or attach TAP {name}")]
+    SetIff {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the vnet header size on TAP {name}")]
+    VnetHdr {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot bring TAP {name} up")]
+    Up {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl IfReq {
+    fn new(name: &str) -> Self {
+        let mut r = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        r.name[..name.len()].copy_from_slice(name.as_bytes());
+        r
+    }
+}
+
+/// Receive buffers, used only by the PMD that polls the TAP.
+pub struct TapRxBufs {
+    bufs: Vec<u8>,
+}
+
+/// A TAP port's datapath object.
+pub struct TapRt {
+    file: File,
+    pub ifname: String,
+    rx: SpinLock<TapRxBufs>,
+}
+
+impl TapRt {
+    /// Creates (or attaches to) TAP `ifname`, non-blocking, with a vnet header, and sets it up.
+    pub fn open(ifname: &str) -> Result<Self, TapError> {
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') {
+            return Err(TapError::BadName(ifname.to_string()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)?;
+        let mut req = IfReq::new(ifname);
+        req.flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is (name + flags + padding to
+        // 40 bytes); the fd is an open /dev/net/tun.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            return Err(TapError::SetIff {
+                name: ifname.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let hdr: libc::c_int = TAP_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) } < 0 {
+            return Err(TapError::VnetHdr {
+                name: ifname.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        set_link_up(ifname).map_err(|source| TapError::Up {
+            name: ifname.to_string(),
+            source,
+        })?;
+        Ok(TapRt {
+            file,
+            ifname: ifname.to_string(),
+            rx: SpinLock::new(TapRxBufs {
+                bufs: vec![0u8; SLOT * BURST],
+            }),
+        })
+    }
+}
+
+fn set_link_up(ifname: &str) -> io::Result<()> {
+    // SAFETY: plain socket creation; the fd is checked and closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sock` is ours; File closes it on drop.
+    let sock = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(sock) };
+    let mut req = IfReq::new(ifname);
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write an ifreq's name and flags.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to a burst from the TAP and forwards it.
+pub fn poll(
+    fwd: &Forwarder<'_>,
+    port: u8,
+    tap: &TapRt,
+    ws: &mut crate::datapath::Workspace,
+) -> usize {
+    let Some(mut rx) = tap.rx.try_lock() else {
+        return 0;
+    };
+    let base = rx.bufs.as_mut_ptr();
+    let mut n = 0;
+    let mut union = 0u64;
+    let (mut rx_packets, mut rx_bytes, mut errors) = (0u64, 0u64, 0u64);
+    while n < BURST {
+        // SAFETY: slot n lies inside `bufs` (SLOT * BURST bytes), which we hold exclusively.
+        let slot = unsafe { base.add(n * SLOT) };
+        // SAFETY: reading at most SLOT bytes into our own slot.
+        let got = unsafe { libc::read(tap.file.as_raw_fd(), slot as *mut libc::c_void, SLOT) };
+        if got < 0 {
+            break; // EAGAIN (nothing more) or an error; either way the burst ends here.
+        }
+        let got = got as usize;
+        if got < TAP_HDR_LEN + 14 {
+            errors += 1;
+            continue;
+        }
+        let p: &mut Pkt = &mut ws.pkts[n];
+        p.segs.clear();
+        p.segs.push(slot, got as u32);
+        p.off = TAP_HDR_LEN as u32;
+        p.len = (got - TAP_HDR_LEN) as u32;
+        let mut eth = [0u8; 12];
+        // SAFETY: `got` >= header + 14 bytes were just written into our slot.
+        unsafe { std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12) };
+        p.dest = fwd.classify(port, &eth);
+        union |= p.dest;
+        rx_packets += 1;
+        rx_bytes += p.len as u64;
+        n += 1;
+    }
+    if n > 0 {
+        fwd.deliver(
+            &ws.pkts[..n],
+            union,
+            &mut ws.first,
+            &mut ws.cur,
+            ws.pmd_index,
+        );
+    }
+    let pc = &fwd.counters.ports[port as usize];
+    pc.rx_packets.add(rx_packets);
+    pc.rx_bytes.add(rx_bytes);
+    if errors > 0 {
+        pc.errors.add(errors);
+        fwd.counters.last_error[port as usize].store(
+            crate::datapath::error_code(ChainError::Runt),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    n
+}
+
+/// Writes the frames of `pkts` addressed to `bit` to the TAP.
+pub fn deliver(fwd: &Forwarder<'_>, port: u8, tap: &TapRt, pkts: &[Pkt], bit: u64) {
+    let hdr = [0u8; TAP_HDR_LEN];
+    let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; crate::sg::MAX_SEGS + 1];
+    for p in pkts.iter().filter(|p| p.dest & bit != 0) {
+        iov[0] = libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: TAP_HDR_LEN,
+        };
+        let mut cnt = 1;
+        let mut skip = p.off as usize;
+        for s in p.segs.segs() {
+            let len = s.len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            iov[cnt] = libc::iovec {
+                // SAFETY: skip < len, so the pointer stays inside the segment.
+                iov_base: unsafe { s.ptr.add(skip) } as *mut libc::c_void,
+                iov_len: len - skip,
+            };
+            skip = 0;
+            cnt += 1;
+        }
+        // SAFETY: every iovec points at a validated guest segment (or our header) that stays
+        // mapped while the caller holds the source ring's lock; writev only reads them.
+        let r = unsafe { libc::writev(tap.file.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
+        if r < 0 {
+            dropped += 1;
+        } else {
+            sent += 1;
+            bytes += p.len as u64;
+        }
+    }
+    let pc = &fwd.counters.ports[port as usize];
+    pc.tx_packets.add(sent);
+    pc.tx_bytes.add(bytes);
+    pc.tx_dropped.add(dropped);
+}

@@ -1,0 +1,714 @@
+//! vhost-user ports: the backend side of the protocol (through the `vhost` crate) for one
+//! frontend at a time, in server mode (the switch listens) or client mode (the switch connects,
+//! retrying every second so either side may restart).
+//!
+//! This is control path only. A ring becomes active when it has a size, addresses, a kick, is
+//! enabled and the memory table is mapped; it is then handed to the datapath as a [`QueueRt`].
+//! Stopping a ring (GET_VRING_BASE, a new memory table, a new call fd, disconnect) first removes
+//! it from every PMD snapshot (acknowledged), then reads where the device stopped.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{
+    BackendReqHandler, Error as VuError, GpuBackend, VhostUserBackendReqHandlerMut,
+};
+use vhost::VhostUserMemoryRegionBase;
+
+use crate::datapath::QueueRt;
+use crate::guest_mem::{GuestMemory, RegionDesc};
+use crate::switch::{PortQueues, SessionInfo, SwitchCore};
+use crate::vring::{DeviceRing, RingAddrs};
+
+/// Queue pairs a port offers (VIRTIO_NET_F_MQ).
+pub const MAX_QUEUE_PAIRS: usize = 8;
+const NUM_VRINGS: usize = 2 * MAX_QUEUE_PAIRS;
+
+const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+const VIRTIO_F_ANY_LAYOUT: u64 = 1 << 27;
+const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Virtio features every vhost-user port offers.
+pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_NET_F_MRG_RXBUF
+    | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_RING_F_INDIRECT_DESC
+    | VIRTIO_NET_F_MQ
+    | VIRTIO_F_ANY_LAYOUT
+    | VHOST_USER_F_PROTOCOL_FEATURES;
+
+/// Protocol features every port offers.
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+}
+
+/// Names of the feature bits we know, for `ports` output.
+pub fn feature_names(features: u64) -> Vec<&'static str> {
+    let names = [
+        (VIRTIO_F_VERSION_1, "VERSION_1"),
+        (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
+        (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+        (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
+        (VIRTIO_NET_F_MQ, "MQ"),
+        (VIRTIO_F_ANY_LAYOUT, "ANY_LAYOUT"),
+        (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
+    ];
+    names
+        .iter()
+        .filter(|(b, _)| features & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+fn req_err(msg: String) -> VuError {
+    VuError::ReqHandlerError(io::Error::other(msg))
+}
+
+#[derive(Default)]
+struct VringCtl {
+    size: u32,
+    addrs: Option<RingAddrs>,
+    base: u16,
+    call: Option<File>,
+    kicked: bool,
+    enabled: bool,
+    /// Must be rebuilt (new call fd, memory table or features) before it runs again.
+    dirty: bool,
+    active: Option<Arc<QueueRt>>,
+}
+
+/// The backend state of one connected frontend.
+pub struct VhostPortBackend {
+    core: Arc<SwitchCore>,
+    uid: u64,
+    features: u64,
+    protocol: u64,
+    mem: Option<Arc<GuestMemory>>,
+    vrings: Vec<VringCtl>,
+}
+
+impl VhostPortBackend {
+    pub fn new(core: Arc<SwitchCore>, uid: u64) -> Self {
+        VhostPortBackend {
+            core,
+            uid,
+            features: 0,
+            protocol: 0,
+            mem: None,
+            vrings: (0..NUM_VRINGS).map(|_| VringCtl::default()).collect(),
+        }
+    }
+
+    fn vring(&mut self, index: u32) -> Result<&mut VringCtl, VuError> {
+        self.vrings
+            .get_mut(index as usize)
+            .ok_or(VuError::InvalidParam)
+    }
+
+    fn hdr_len(&self) -> usize {
+        if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+            12
+        } else {
+            10
+        }
+    }
+
+    fn should_run(&self, v: &VringCtl) -> bool {
+        self.mem.is_some() && v.kicked && v.enabled && v.addrs.is_some() && v.size > 0
+    }
+
+    fn queues(&self) -> PortQueues {
+        let mut q = PortQueues {
+            hdr_len: self.hdr_len(),
+            mrg_rxbuf: self.features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            to_guest: Vec::new(),
+            from_guest: Vec::new(),
+        };
+        for (i, v) in self.vrings.iter().enumerate() {
+            if let Some(a) = &v.active {
+                if i % 2 == 0 {
+                    q.to_guest.push(((i / 2) as u16, a.clone()));
+                } else {
+                    q.from_guest.push(((i / 2) as u16, a.clone()));
+                }
+            }
+        }
+        q
+    }
+
+    /// Brings the datapath in line with the control state: stops rings that must stop (after
+    /// every PMD let go of them), starts rings that are ready.
+    fn apply(&mut self) {
+        let mut stopped = Vec::new();
+        for i in 0..NUM_VRINGS {
+            let run = self.should_run(&self.vrings[i]);
+            let v = &mut self.vrings[i];
+            if v.active.is_some() && (!run || v.dirty) {
+                stopped.push((i, v.active.take().expect("checked")));
+            }
+        }
+        if !stopped.is_empty() {
+            self.core.set_port_queues(self.uid, self.queues());
+            for (i, q) in stopped {
+                // Every snapshot has dropped it: the lock is free and the state final.
+                self.vrings[i].base = q.lock().last_avail();
+            }
+        }
+        let mut started = false;
+        let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for i in 0..NUM_VRINGS {
+            let run = self.should_run(&self.vrings[i]);
+            let mem = self.mem.clone();
+            let v = &mut self.vrings[i];
+            v.dirty = false;
+            if !run || v.active.is_some() {
+                continue;
+            }
+            let (Some(mem), Some(addrs)) = (mem, v.addrs) else {
+                continue;
+            };
+            let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
+            match DeviceRing::new(mem, addrs, v.size, v.base, event_idx, call) {
+                Ok(ring) => {
+                    v.active = Some(Arc::new(QueueRt::new(ring)));
+                    started = true;
+                }
+                Err(e) => self
+                    .core
+                    .note_protocol_error(self.uid, &format!("vring {i}: {e}")),
+            }
+        }
+        if started {
+            self.core.set_port_queues(self.uid, self.queues());
+        }
+        self.publish_session();
+    }
+
+    fn publish_session(&self) {
+        let active: Vec<u16> = self
+            .vrings
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.active.is_some())
+            .map(|(i, _)| i as u16)
+            .collect();
+        self.core.set_session(
+            self.uid,
+            SessionInfo {
+                connected: true,
+                features: self.features,
+                protocol_features: self.protocol,
+                mem_regions: self.mem.as_ref().map_or(0, |m| m.region_count()),
+                mem_bytes: self.mem.as_ref().map_or(0, |m| m.total_size()),
+                active_vrings: active,
+            },
+        );
+    }
+
+    /// Stops every ring and forgets the memory table (disconnect or reset).
+    pub fn shutdown(&mut self) {
+        for v in self.vrings.iter_mut() {
+            v.kicked = false;
+            v.enabled = false;
+        }
+        self.apply();
+        self.mem = None;
+        for v in self.vrings.iter_mut() {
+            *v = VringCtl::default();
+        }
+        self.features = 0;
+        self.protocol = 0;
+    }
+}
+
+type VuResult<T> = Result<T, VuError>;
+
+impl VhostUserBackendReqHandlerMut for VhostPortBackend {
+    fn set_owner(&mut self) -> VuResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VuResult<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VuResult<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VuResult<u64> {
+        Ok(OFFERED_FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> VuResult<()> {
+        if features & !OFFERED_FEATURES != 0 {
+            return Err(req_err(format!(
+                "frontend acked features {:#x} that were not offered",
+                features & !OFFERED_FEATURES
+            )));
+        }
+        let changed = features != self.features;
+        self.features = features;
+        for v in self.vrings.iter_mut() {
+            if features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+                // Without protocol features, rings start enabled (vhost-user spec).
+                v.enabled = true;
+            }
+            v.dirty |= changed;
+        }
+        self.apply();
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        let regions: Vec<RegionDesc> = ctx
+            .iter()
+            .map(|r| RegionDesc {
+                guest_phys_addr: r.guest_phys_addr,
+                size: r.memory_size,
+                user_addr: r.user_addr,
+                mmap_offset: r.mmap_offset,
+            })
+            .collect();
+        let mem = GuestMemory::map(&regions, files)
+            .map_err(|e| req_err(format!("memory table refused: {e}")))?;
+        for v in self.vrings.iter_mut() {
+            v.dirty = true;
+        }
+        // Dirty rings stop (and let go of the old table) before restarting on the new one.
+        self.mem = Some(Arc::new(mem));
+        self.apply();
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
+        if num == 0 || num > crate::vring::MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
+            return Err(req_err(format!(
+                "vring {index}: size {num} is not a power of two up to 32768"
+            )));
+        }
+        let v = self.vring(index)?;
+        v.size = num;
+        v.dirty = true;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VuResult<()> {
+        let v = self.vring(index)?;
+        v.addrs = Some(RingAddrs {
+            desc: descriptor,
+            avail: available,
+            used,
+        });
+        v.dirty = true;
+        self.apply();
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        let v = self.vring(index)?;
+        v.base = base as u16;
+        v.dirty = true;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        let v = self.vring(index)?;
+        // GET_VRING_BASE stops the ring.
+        v.kicked = false;
+        self.apply();
+        let base = self.vring(index)?.base;
+        Ok(VhostUserVringState::new(index, base as u32))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        // The kick fd itself is not needed: PMDs poll.
+        let v = self.vring(index as u32)?;
+        v.kicked = true;
+        self.apply();
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let v = self.vring(index as u32)?;
+        v.call = fd;
+        v.dirty = true;
+        self.apply();
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        self.vring(index as u32)?;
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
+        Ok(offered_protocol_features())
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        if features & !offered_protocol_features().bits() != 0 {
+            return Err(req_err(format!(
+                "frontend acked protocol features {features:#x} that were not offered"
+            )));
+        }
+        self.protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VuResult<u64> {
+        Ok(MAX_QUEUE_PAIRS as u64)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        let v = self.vring(index)?;
+        v.enabled = enable;
+        self.apply();
+        Ok(())
+    }
+
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<Vec<u8>> {
+        // struct virtio_net_config: mac[6], status (LINK_UP), max_virtqueue_pairs, mtu.
+        let mut cfg = [0u8; 12];
+        cfg[6..8].copy_from_slice(&1u16.to_le_bytes());
+        cfg[8..10].copy_from_slice(&(MAX_QUEUE_PAIRS as u16).to_le_bytes());
+        cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
+        let end = offset.checked_add(size).ok_or(VuError::InvalidParam)? as usize;
+        cfg.get(offset as usize..end)
+            .map(<[u8]>::to_vec)
+            .ok_or(VuError::InvalidParam)
+    }
+
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<()> {
+        // The switch has no writable configuration; the MAC belongs to the frontend.
+        Ok(())
+    }
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
+        Err(VuError::InvalidOperation("not a GPU device"))
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VuResult<File> {
+        Err(VuError::InvalidOperation(
+            "shared objects are not supported",
+        ))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> VuResult<(VhostUserInflight, File)> {
+        Err(VuError::InvalidOperation(
+            "inflight tracking is not supported",
+        ))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VuResult<()> {
+        Err(VuError::InvalidOperation(
+            "inflight tracking is not supported",
+        ))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
+        Err(VuError::InvalidOperation("memory slots are not supported"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _region: &VhostUserSingleMemoryRegion,
+        _fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VuResult<Option<VhostUserMemoryRegionBase>> {
+        Err(VuError::InvalidOperation("memory slots are not supported"))
+    }
+
+    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
+        Err(VuError::InvalidOperation("memory slots are not supported"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VuResult<Option<File>> {
+        Err(VuError::InvalidOperation("migration is not supported"))
+    }
+
+    fn check_device_state(&mut self) -> VuResult<()> {
+        Err(VuError::InvalidOperation("migration is not supported"))
+    }
+
+    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
+        Err(VuError::InvalidOperation(
+            "shared memory regions are not supported",
+        ))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
+        Err(VuError::InvalidOperation("dirty logging is not supported"))
+    }
+}
+
+/// Errors a message can cause that end the session (the stream is gone or out of sync).
+fn ends_session(e: &VuError) -> bool {
+    matches!(
+        e,
+        VuError::Disconnected
+            | VuError::PartialMessage
+            | VuError::SocketBroken(_)
+            | VuError::SocketError(_)
+            | VuError::OversizedMsg
+            | VuError::IncorrectFds
+            | VuError::InvalidMessage
+    )
+}
+
+/// How a port reaches its frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The switch listens on the socket (QEMU `server=off`, DPDK virtio-user default).
+    Server,
+    /// The switch connects to a socket the frontend listens on, retrying every second.
+    Client,
+}
+
+/// Errors starting a port's session thread.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("socket {0} is in use by a running process")]
+    SocketInUse(PathBuf),
+    #[error("cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the session thread for port {0}")]
+    Thread(String, #[source] io::Error),
+}
+
+/// The thread serving one port's sessions; stopped when the port is deleted.
+pub struct PortRunner {
+    stop: Arc<AtomicBool>,
+    conn: Arc<Mutex<Option<UnixStream>>>,
+    join: Option<JoinHandle<()>>,
+    socket: PathBuf,
+    mode: Mode,
+}
+
+impl PortRunner {
+    /// Starts serving a vhost-user port.
+    pub fn start(
+        core: Arc<SwitchCore>,
+        uid: u64,
+        name: &str,
+        socket: &Path,
+        mode: Mode,
+    ) -> Result<Self, PortError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let conn: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
+        let listener = match mode {
+            Mode::Server => Some(listen(socket)?),
+            Mode::Client => None,
+        };
+        let (t_stop, t_conn, t_socket, t_name) = (
+            stop.clone(),
+            conn.clone(),
+            socket.to_path_buf(),
+            name.to_string(),
+        );
+        let join = std::thread::Builder::new()
+            .name(format!("vu-{name}"))
+            .spawn(move || match listener {
+                Some(l) => serve_listener(&core, uid, &t_name, l, &t_stop, &t_conn),
+                None => serve_client(&core, uid, &t_name, &t_socket, &t_stop, &t_conn),
+            })
+            .map_err(|e| PortError::Thread(name.to_string(), e))?;
+        Ok(PortRunner {
+            stop,
+            conn,
+            join: Some(join),
+            socket: socket.to_path_buf(),
+            mode,
+        })
+    }
+
+    /// Ends the session (if any) and the thread; removes a server socket.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(s) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+        if self.mode == Mode::Server {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+}
+
+fn listen(path: &Path) -> Result<UnixListener, PortError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(PortError::SocketInUse(path.to_path_buf()));
+        }
+        // A stale socket from a previous run.
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let l = UnixListener::bind(path).map_err(|source| PortError::Listen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|source| PortError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(l)
+}
+
+fn serve_listener(
+    core: &Arc<SwitchCore>,
+    uid: u64,
+    name: &str,
+    listener: UnixListener,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                serve_session(core, uid, name, stream, stop, conn);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => {
+                tracing::warn!("port {name}: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn serve_client(
+    core: &Arc<SwitchCore>,
+    uid: u64,
+    name: &str,
+    socket: &Path,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
+    let mut waiting_logged = false;
+    while !stop.load(Ordering::SeqCst) {
+        match UnixStream::connect(socket) {
+            Ok(stream) => {
+                waiting_logged = false;
+                serve_session(core, uid, name, stream, stop, conn);
+            }
+            Err(e) => {
+                if !waiting_logged {
+                    tracing::info!(
+                        "port {name}: waiting for frontend socket {} ({e}); retrying every second",
+                        socket.display()
+                    );
+                    waiting_logged = true;
+                }
+                for _ in 0..10 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn serve_session(
+    core: &Arc<SwitchCore>,
+    uid: u64,
+    name: &str,
+    stream: UnixStream,
+    stop: &AtomicBool,
+    conn: &Mutex<Option<UnixStream>>,
+) {
+    let backend = Arc::new(Mutex::new(VhostPortBackend::new(core.clone(), uid)));
+    let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
+    *conn.lock().unwrap_or_else(|e| e.into_inner()) = handler.try_clone_connection().ok();
+    if stop.load(Ordering::SeqCst) {
+        return;
+    }
+    tracing::info!("port {name}: frontend connected");
+    core.set_session(
+        uid,
+        SessionInfo {
+            connected: true,
+            ..Default::default()
+        },
+    );
+    loop {
+        match handler.handle_request() {
+            Ok(()) => {}
+            Err(e) if ends_session(&e) => {
+                if !matches!(e, VuError::Disconnected) {
+                    core.note_protocol_error(uid, &format!("{e}; closing the session"));
+                }
+                break;
+            }
+            Err(e) => core.note_protocol_error(uid, &e.to_string()),
+        }
+    }
+    backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+    *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    core.session_ended(uid);
+    tracing::info!("port {name}: frontend disconnected");
+}
