@@ -5,10 +5,13 @@
 //! ([`vring`]) over frontends' memory ([`guest_mem`]), forwarding with a lock-free MAC table
 //! ([`fdb`]). Control changes reach PMDs as swapped snapshots ([`datapath`]).
 
+pub mod config;
+pub mod ctl;
 pub mod datapath;
 pub mod fdb;
 pub mod guest_mem;
 pub mod pmd;
+pub mod render;
 pub mod sg;
 pub mod stats;
 pub mod switch;

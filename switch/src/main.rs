@@ -1,1 +1,316 @@
-fn main() {}
+//! `vswitch`: run the switch, or talk to a running one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use switch::config::{split_port_arg, FileConfig};
+use switch::ctl::{self, Request};
+use switch::pmd::{available_cores, parse_core_list};
+use switch::switch::{PortKind, SwitchConfig, SwitchCore};
+use switch::vhost_port::Mode;
+
+#[derive(Parser)]
+#[command(
+    name = "vswitch",
+    version,
+    about = "Switchyard: a vhost-user poll-mode L2 switch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the switch in the foreground until SIGINT/SIGTERM or `vswitch ctl shutdown`.
+    Run(RunArgs),
+    /// Talk to a running switch (like ovs-vsctl / ovs-appctl).
+    Ctl(CtlArgs),
+    /// Show hugepage pools, or reserve pages (root).
+    Hugepages {
+        /// Make sure at least this many pages are free.
+        #[arg(long)]
+        reserve: Option<usize>,
+        /// Page size: 2M or 1G.
+        #[arg(long, default_value = "2M")]
+        size: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML file with the same settings (command-line values win; ports add up).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Cores for PMD threads, e.g. `1` or `0,1` or `2-3` (default: the last core).
+    #[arg(long)]
+    pmd_cores: Option<String>,
+    /// Control socket (default: $XDG_RUNTIME_DIR/switchyard/vswitch.ctl or /run/switchyard/vswitch.ctl).
+    #[arg(long)]
+    ctl: Option<PathBuf>,
+    /// vhost-user port in server mode: the switch listens on SOCKET.
+    #[arg(long = "vhost-user", value_name = "NAME:SOCKET")]
+    vhost_user: Vec<String>,
+    /// vhost-user port in client mode: the switch connects to SOCKET, retrying every second.
+    #[arg(long = "vhost-user-client", value_name = "NAME:SOCKET")]
+    vhost_user_client: Vec<String>,
+    /// TAP uplink port (created, or attached to if it exists).
+    #[arg(long = "tap", value_name = "NAME:IFNAME")]
+    tap: Vec<String>,
+    /// MAC aging time in seconds.
+    #[arg(long)]
+    mac_aging: Option<u32>,
+    /// Let idle PMDs sleep up to this many microseconds between polls (0: pure polling).
+    #[arg(long)]
+    pmd_max_sleep_us: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// Control socket of the switch.
+    #[arg(long, global = true)]
+    ctl: Option<PathBuf>,
+    /// Print the machine-readable JSON reply instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Add a port: `add-port NAME vhost-user SOCKET [--client]` or `add-port NAME tap IFNAME`.
+    AddPort {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        #[arg(value_name = "SOCKET|IFNAME")]
+        target: String,
+        /// vhost-user client mode: the switch connects to a socket the frontend listens on.
+        #[arg(long)]
+        client: bool,
+    },
+    /// Delete a port (traffic on other ports continues).
+    DelPort { name: String },
+    /// List ports with their state and negotiated features.
+    #[command(alias = "show")]
+    Ports,
+    /// Show the MAC learning table (`--flush` empties it).
+    Fdb {
+        #[arg(long)]
+        flush: bool,
+    },
+    /// Which port a MAC was learned on.
+    FdbLookup { mac: String },
+    /// Set the MAC aging time in seconds.
+    SetAging { secs: u32 },
+    /// Port counters (`--clear` zeroes them).
+    Stats {
+        port: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Which PMD polls which rx queue.
+    PmdRxq,
+    /// PMD cycles and bursts (`--clear` zeroes them).
+    PmdStats {
+        #[arg(long)]
+        clear: bool,
+    },
+    /// The running switch's version.
+    Version,
+    /// Stop the switch.
+    Shutdown,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Ctl(args) => ctl_cmd(args),
+        Cmd::Hugepages { reserve, size } => hugepages_cmd(reserve, &size),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vswitch: {e}");
+            let mut src = e.source();
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let pmd_cores = match (&args.pmd_cores, &file.pmd_cores) {
+        (Some(s), _) => parse_core_list(s).map_err(|e| format!("--pmd-cores: {e}"))?,
+        (None, Some(v)) => v.clone(),
+        (None, None) => vec![*available_cores().last().ok_or("no usable cores")?],
+    };
+    let cfg = SwitchConfig {
+        pmd_cores,
+        mac_aging_secs: args
+            .mac_aging
+            .or(file.mac_aging_secs)
+            .unwrap_or(switch::fdb::DEFAULT_AGING_SECS),
+        pmd_max_sleep_us: args.pmd_max_sleep_us.or(file.pmd_max_sleep_us).unwrap_or(0),
+    };
+    let ctl_path = args
+        .ctl
+        .clone()
+        .or(file.ctl.clone())
+        .unwrap_or_else(ctl::default_ctl_path);
+    let server = ctl::CtlServer::bind(&ctl_path)?;
+    let core = SwitchCore::new(&cfg)?;
+
+    let mut ports: Vec<(String, PortKind)> = Vec::new();
+    for p in &file.port {
+        let kind = match p.kind.as_str() {
+            "tap" => PortKind::Tap {
+                ifname: p.ifname.clone().unwrap_or_default(),
+            },
+            _ => PortKind::VhostUser {
+                socket: p.socket.clone().unwrap_or_default(),
+                mode: if p.client || p.kind == "vhost-user-client" {
+                    Mode::Client
+                } else {
+                    Mode::Server
+                },
+            },
+        };
+        ports.push((p.name.clone(), kind));
+    }
+    for a in &args.vhost_user {
+        let (n, s) = split_port_arg(a, "SOCKET")?;
+        ports.push((
+            n,
+            PortKind::VhostUser {
+                socket: s.into(),
+                mode: Mode::Server,
+            },
+        ));
+    }
+    for a in &args.vhost_user_client {
+        let (n, s) = split_port_arg(a, "SOCKET")?;
+        ports.push((
+            n,
+            PortKind::VhostUser {
+                socket: s.into(),
+                mode: Mode::Client,
+            },
+        ));
+    }
+    for a in &args.tap {
+        let (n, i) = split_port_arg(a, "IFNAME")?;
+        ports.push((n, PortKind::Tap { ifname: i }));
+    }
+    for (name, kind) in ports {
+        if let Err(e) = core.add_port(&name, kind) {
+            core.del_all_ports();
+            return Err(format!("port {name}: {e}").into());
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let hk = core.spawn_housekeeping(stop.clone());
+    tracing::info!(
+        "vswitch running: PMD cores {:?}, control socket {}",
+        cfg.pmd_cores,
+        ctl_path.display()
+    );
+    server.serve(&core, &stop);
+    stop.store(true, Ordering::SeqCst);
+    tracing::info!("stopping");
+    core.del_all_ports();
+    let _ = hk.join();
+    drop(server);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
+    let path = args.ctl.unwrap_or_else(ctl::default_ctl_path);
+    let reqs: Vec<Request> = match args.cmd {
+        CtlCmd::AddPort {
+            name,
+            kind,
+            target,
+            client,
+        } => vec![Request::AddPort {
+            name,
+            kind,
+            target,
+            client,
+        }],
+        CtlCmd::DelPort { name } => vec![Request::DelPort { name }],
+        CtlCmd::Ports => vec![Request::Ports],
+        CtlCmd::Fdb { flush: true } => vec![Request::FdbFlush],
+        CtlCmd::Fdb { flush: false } => vec![Request::Fdb],
+        CtlCmd::FdbLookup { mac } => vec![Request::FdbLookup { mac }],
+        CtlCmd::SetAging { secs } => vec![Request::SetAging { secs }],
+        CtlCmd::Stats {
+            port: _,
+            clear: true,
+        } => vec![Request::ClearStats],
+        CtlCmd::Stats { port, clear: false } => vec![Request::Stats { port }],
+        CtlCmd::PmdRxq => vec![Request::PmdRxq],
+        CtlCmd::PmdStats { clear: true } => vec![Request::ClearPmdStats],
+        CtlCmd::PmdStats { clear: false } => vec![Request::PmdStats],
+        CtlCmd::Version => vec![Request::Version],
+        CtlCmd::Shutdown => vec![Request::Shutdown],
+    };
+    for req in reqs {
+        let resp = ctl::call(&path, &req)?;
+        if !resp.ok {
+            eprintln!("vswitch ctl: {}", resp.error.unwrap_or_default());
+            return Ok(ExitCode::FAILURE);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        } else {
+            print!("{}", resp.text);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hugepages_cmd(reserve: Option<usize>, size: &str) -> Result<ExitCode, AnyError> {
+    let page: hugepages::PageSize = size.parse()?;
+    if let Some(n) = reserve {
+        let p = hugepages::ensure_free(page, n)?;
+        println!("{} pages: {} reserved, {} free", p.page, p.total, p.free);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pools = hugepages::pools();
+    if pools.is_empty() {
+        println!("this kernel has no hugepage pools");
+    }
+    for p in pools {
+        println!(
+            "{:>3} pages: {:>6} reserved, {:>6} free",
+            p.page.to_string(),
+            p.total,
+            p.free
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

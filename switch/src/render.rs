@@ -1,0 +1,109 @@
+//! Human-readable tables for `vswitch ctl` (the JSON form carries the same data).
+
+use std::fmt::Write;
+
+use crate::stats::PmdStats;
+use crate::switch::{FdbRow, PortInfo, PortStatsRow, RxqAssignment};
+
+pub fn ports_table(ports: &[PortInfo]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} {}",
+        "ID", "PORT", "TYPE", "MODE", "STATE", "QPS", "TARGET"
+    );
+    for p in ports {
+        let _ = writeln!(
+            s,
+            "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} {}",
+            p.id, p.name, p.kind, p.mode, p.state, p.queue_pairs, p.target
+        );
+        if !p.features.is_empty() {
+            let _ = writeln!(s, "     features: {}", p.features.join(" "));
+        }
+        if p.protocol_errors > 0 {
+            let _ = writeln!(
+                s,
+                "     vhost-user errors: {} (last: {})",
+                p.protocol_errors, p.last_protocol_error
+            );
+        }
+    }
+    if ports.is_empty() {
+        s.push_str("(no ports)\n");
+    }
+    s
+}
+
+pub fn stats_table(rows: &[PortStatsRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<14} {:>12} {:>14} {:>12} {:>14} {:>10} {:>8}",
+        "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "TX-DROP", "ERRORS"
+    );
+    for r in rows {
+        let st = &r.stats;
+        let _ = writeln!(
+            s,
+            "{:<14} {:>12} {:>14} {:>12} {:>14} {:>10} {:>8}",
+            r.name,
+            st.rx_packets,
+            st.rx_bytes,
+            st.tx_packets,
+            st.tx_bytes,
+            st.tx_dropped,
+            st.errors
+        );
+    }
+    s.push_str("(RX: frames the switch received from the port; TX: frames it sent to the port)\n");
+    s
+}
+
+pub fn fdb_table(rows: &[FdbRow], aging: u32) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<14} {:<18} {:>4}", "PORT", "MAC", "AGE");
+    for r in rows {
+        let _ = writeln!(s, "{:<14} {:<18} {:>4}", r.port, r.mac, r.age_secs);
+    }
+    let _ = writeln!(s, "({} entries, aging {} s)", rows.len(), aging);
+    s
+}
+
+pub fn pmd_rxq_table(rows: &[RxqAssignment], pmds: &[PmdStats]) -> String {
+    let mut s = String::new();
+    for p in pmds {
+        let _ = writeln!(s, "pmd {} core {}: busy {:.1} %", p.pmd, p.core, p.busy_pct);
+        let mine: Vec<&RxqAssignment> = rows.iter().filter(|r| r.pmd == p.pmd).collect();
+        if mine.is_empty() {
+            let _ = writeln!(s, "  (no rx queues)");
+        }
+        for r in mine {
+            let _ = writeln!(s, "  port: {:<14} queue-id: {}", r.port, r.queue);
+        }
+    }
+    s
+}
+
+pub fn pmd_stats_table(rows: &[PmdStats]) -> String {
+    let mut s = String::new();
+    for p in rows {
+        let _ = writeln!(s, "pmd {} core {}:", p.pmd, p.core);
+        let _ = writeln!(s, "  packets received:        {}", p.packets);
+        let _ = writeln!(s, "  bursts:                  {}", p.bursts);
+        let _ = writeln!(
+            s,
+            "  avg packets per burst:   {:.1}",
+            p.avg_packets_per_burst
+        );
+        let _ = writeln!(
+            s,
+            "  busy cycles:             {} ({:.1} %)",
+            p.busy_cycles, p.busy_pct
+        );
+        let _ = writeln!(s, "  idle cycles:             {}", p.idle_cycles);
+        let _ = writeln!(s, "  avg cycles per packet:   {:.1}", p.cycles_per_packet);
+        let _ = writeln!(s, "  guest interrupts:        {}", p.interrupts);
+    }
+    s
+}
