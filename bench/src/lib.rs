@@ -1,9 +1,16 @@
 //! Switchyard's bench crate: a vhost-user frontend driver of our own ([`frontend`]), the ordered
 //! vhost-user set-up shared with the `vmm` crate ([`vhost_setup`]), and the `pktgen` traffic
-//! generator built on them.
+//! generator built on them ([`run`], [`rfc2544`], [`compare`]).
 
+pub mod compare;
 pub mod driver_ring;
 pub mod frontend;
+pub mod packet;
+pub mod rate;
+pub mod report;
+pub mod rfc2544;
+pub mod run;
+pub mod stats;
 pub mod vhost_setup;
 
 pub use frontend::{FrontendError, PortConfig, PortDatapath, RawDesc, VhostUserPort};
