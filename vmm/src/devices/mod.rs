@@ -1,0 +1,5 @@
+//! Emulated devices: COM1, the PCI bus, virtio-net.
+
+pub mod pci;
+pub mod serial;
+pub mod virtio_net;
