@@ -87,6 +87,15 @@ fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
+/// Fails with `NameTaken` when a live VM already serves `name`.
+pub fn check_name_free(name: &str) -> Result<(), CtlError> {
+    let path = socket_path(&run_dir(), name);
+    if UnixStream::connect(path).is_ok() {
+        return Err(CtlError::NameTaken(name.into()));
+    }
+    Ok(())
+}
+
 /// The serving side, owned by a running VM.
 pub struct CtlServer {
     path: PathBuf,

@@ -84,30 +84,40 @@ pub struct Connection {
 /// probes the switch's features.
 pub fn connect(ep: &Endpoint, stop: &AtomicBool, quiet: bool) -> Result<Connection, VhostError> {
     let mut warned = quiet;
-    let frontend = loop {
+    loop {
         if stop.load(Ordering::Relaxed) {
             return Err(VhostError::Stopped(ep.socket.clone()));
         }
-        match vhost_setup::connect(&ep.socket, ep.server, Duration::from_secs(1), ep.queues) {
-            Ok(f) => break f,
-            Err(e @ (SetupError::Listen { .. } | SetupError::Accept { .. })) => {
-                return Err(VhostError::Connect(e))
-            }
+        let frontend =
+            match vhost_setup::connect(&ep.socket, ep.server, Duration::from_secs(1), ep.queues) {
+                Ok(f) => f,
+                Err(e @ (SetupError::Listen { .. } | SetupError::Accept { .. })) => {
+                    return Err(VhostError::Connect(e))
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!("{e}; retrying every second");
+                        warned = true;
+                    }
+                    if !ep.server {
+                        std::thread::sleep(Duration::from_millis(900));
+                    }
+                    continue;
+                }
+            };
+        match frontend.get_features() {
+            Ok(features) => return Ok(Connection { frontend, features }),
             Err(e) => {
-                if !warned {
-                    tracing::warn!("{e}; retrying every second");
-                    warned = true;
-                }
-                if !ep.server {
-                    std::thread::sleep(Duration::from_millis(900));
-                }
+                // A switch that is going away, or a port already taken by another frontend.
+                let e = VhostError::Probe(ep.socket.clone(), e);
+                tracing::warn!(
+                    "{e}: {:?}; retrying every second",
+                    std::error::Error::source(&e)
+                );
+                std::thread::sleep(Duration::from_secs(1));
             }
         }
-    };
-    let features = frontend
-        .get_features()
-        .map_err(|e| VhostError::Probe(ep.socket.clone(), e))?;
-    Ok(Connection { frontend, features })
+    }
 }
 
 /// Builds the set-up for `rings`, translating ring GPAs into our userspace addresses and taking

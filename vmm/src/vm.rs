@@ -33,7 +33,7 @@ pub enum VmError {
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
     /// Connecting to the switch.
-    #[error("NIC {0}: {1}")]
+    #[error("NIC {0}")]
     Switch(usize, #[source] vhost_user::VhostError),
     /// KVM.
     #[error(transparent)]
@@ -165,6 +165,7 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
         return Err(VmError::TooManyNics);
     }
     install_signals();
+    crate::ctl::check_name_free(&cfg.name)?;
     // Stop flag for connect loops and workers: set by signals through the controller below.
     let stop = Arc::new(AtomicBool::new(false));
     let ram = GuestRam::new(
