@@ -1,13 +1,16 @@
 //! Guests under QEMU (software emulation here): the Linux image of `scripts/guest-image.sh`
 //! booted by `scripts/qemu-guest.sh` reaches its ready marker and runs a command, and vmm's
-//! built-in guest drives QEMU's virtio-net-pci and pings QEMU's user-mode gateway.
-//! Skipped (with `SKIPPED:`) only when QEMU, the image or the built guest is missing.
+//! built-in guest drives QEMU's virtio-net-pci and pings QEMU's user-mode gateway; a Linux guest
+//! under QEMU and built-in guests under vmm ping each other through vswitch.
+//! Skipped (with `SKIPPED:`) only when QEMU, the image, the built guest or /dev/kvm is missing.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use switchyard_tests::{has_program, is_root, skip_unless, KillOnDrop};
+use switchyard_tests::{
+    bin_path, has_kvm, has_program, is_root, skip_unless, wait_until, KillOnDrop, Scratch,
+};
 
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -149,4 +152,140 @@ fn builtin_guest_pings_qemu_user_gateway() {
     assert!(out.contains("ping: 3/3 replies"), "pings lost:\n{out}");
     // isa-debug-exit: QEMU exits with 2 * code + 1, so 1 means the guest wrote 0.
     assert_eq!(status, Some(1), "guest did not exit with 0:\n{out}");
+}
+
+fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Interop on one vswitch: a Linux guest under QEMU pings vmm's built-in guest under KVM,
+/// then a second built-in guest pings the Linux guest.
+#[test]
+fn linux_guest_under_qemu_and_builtin_guests_under_vmm_ping_each_other() {
+    let image = image_dir();
+    if skip_unless(has_program(QEMU), "qemu-system-x86_64 is not installed")
+        || skip_unless(
+            image.join("vmlinux").exists(),
+            "no guest image (run scripts/guest-image.sh)",
+        )
+        || skip_unless(has_kvm(), "no /dev/kvm for vmm")
+    {
+        return;
+    }
+    let scratch = Scratch::new("qemu-interop");
+    let sock = |name: &str| scratch.path(&format!("{name}.sock"));
+    let _switch = KillOnDrop::spawn(
+        Command::new(bin_path("vswitch"))
+            .args(["run", "--pmd-cores", "1", "--ctl"])
+            .arg(scratch.path("ctl"))
+            .arg("--vhost-user")
+            .arg(format!("lin:{}", sock("lin").display()))
+            .arg("--vhost-user")
+            .arg(format!("a:{}", sock("a").display()))
+            .arg("--vhost-user")
+            .arg(format!("b:{}", sock("b").display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("vswitch.log")).unwrap()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || sock("b").exists()),
+        "vswitch did not listen:\n{}",
+        read(&scratch.path("vswitch.log"))
+    );
+
+    // Guest A answers for 10.0.0.1 while the Linux guest boots and pings it.
+    let a_console = scratch.path("a.console");
+    let _a = KillOnDrop::spawn(
+        Command::new(bin_path("vmm"))
+            .args([
+                "run",
+                "--guest",
+                "net",
+                "--name",
+                "qemu-interop-a",
+                "--mem",
+                "64M",
+            ])
+            .args(["--cmdline", "ip=10.0.0.1 linger=forever"])
+            .arg("--net")
+            .arg(format!(
+                "vhost-user:{},mac=52:54:00:00:0a:01",
+                sock("a").display()
+            ))
+            .arg("--console")
+            .arg(&a_console)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || file_contains(
+            &a_console,
+            "switchyard-guest: ready"
+        )),
+        "guest A not ready:\n{}",
+        read(&a_console)
+    );
+
+    let lin_console = scratch.path("lin.console");
+    let _lin = KillOnDrop::spawn(
+        Command::new(repo().join("scripts/qemu-guest.sh"))
+            .arg("--image")
+            .arg(&image)
+            .args(["--name", "qemu-interop-lin", "--ip", "10.0.0.3/24"])
+            .arg("--vhost-user")
+            .arg(format!("{},mac=52:54:00:00:0a:03", sock("lin").display()))
+            .args(["--run", "ping -c 3 -W 5 10.0.0.1; sleep 120"])
+            .arg("--console")
+            .arg(&lin_console)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(240), || file_contains(
+            &lin_console,
+            "packet loss"
+        )),
+        "Linux guest did not finish its ping:\n{}",
+        read(&lin_console)
+    );
+    let lin = read(&lin_console);
+    assert!(
+        lin.contains("3 packets received"),
+        "Linux -> built-in guest pings lost:\n{lin}\n--- guest A:\n{}",
+        read(&a_console)
+    );
+
+    // Guest B pings the Linux guest and exits with the result.
+    let (status, out) = run_with_timeout(
+        Command::new(bin_path("vmm"))
+            .args([
+                "run",
+                "--guest",
+                "net",
+                "--name",
+                "qemu-interop-b",
+                "--mem",
+                "64M",
+            ])
+            .args([
+                "--cmdline",
+                "ip=10.0.0.2 ping=10.0.0.3 count=3 interval=100 timeout=5000",
+            ])
+            .arg("--net")
+            .arg(format!(
+                "vhost-user:{},mac=52:54:00:00:0a:02",
+                sock("b").display()
+            )),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.contains("ping: 3/3 replies"),
+        "built-in guest -> Linux pings lost:\n{out}"
+    );
+    assert_eq!(status, Some(0), "guest B failed:\n{out}");
 }
