@@ -68,5 +68,16 @@ fn main() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // Surface the guest's own warnings (not the expected one about switching SSE off).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in stderr.lines() {
+        if line.starts_with("warning:")
+            && !line.contains("sse2")
+            && !line.contains("warning emitted")
+            && !line.contains("warnings emitted")
+        {
+            println!("cargo:warning=guest: {}", &line["warning: ".len()..]);
+        }
+    }
     println!("cargo:rustc-cfg=switchyard_guest");
 }

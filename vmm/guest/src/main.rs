@@ -269,28 +269,43 @@ fn ping(net: &mut Net, ep: &mut Endpoint, cfg: &Config, per_ms: u64, ip: Ip) -> 
     replies
 }
 
-/// Sends `count` test frames to `dst`, waiting up to the timeout for each free tx buffer.
+/// Sends `count` test frames to `dst` in bursts of up to 32 per avail-index update, waiting up
+/// to the timeout whenever the tx ring is full.
 fn send(net: &mut Net, ep: &mut Endpoint, cfg: &Config, per_ms: u64, dst: Mac) -> u32 {
     let size = cfg.size.map_or(64, |s| s as usize);
+    // One template; each frame is a copy with its sequence number patched in.
+    let len = net::build_test_frame(&mut ep.scratch, &ep.me.mac, &dst, 0, size);
     let mut sent = 0;
+    let mut burst = 0;
     for seq in 0..cfg.count {
-        let deadline = rdtsc() + u64::from(cfg.timeout_ms) * per_ms;
-        let slot = loop {
-            if let Some(slot) = net.tx_buffer() {
-                break Some(slot);
+        let mut slot = net.tx_buffer();
+        if slot.is_none() {
+            if burst > 0 {
+                net.flush();
+                burst = 0;
             }
-            net.poll_rx(32, |net, frame| ep.on_frame(net, frame));
-            if rdtsc() >= deadline {
-                break None;
+            let deadline = rdtsc() + u64::from(cfg.timeout_ms) * per_ms;
+            while slot.is_none() && rdtsc() < deadline {
+                net.poll_rx(32, |net, frame| ep.on_frame(net, frame));
+                slot = net.tx_buffer();
             }
-        };
+        }
         let Some((id, buf)) = slot else {
             ep.c.tx_drop += 1;
             continue;
         };
-        let len = net::build_test_frame(buf, &ep.me.mac, &dst, seq, size);
-        net.send(id, len);
+        buf[..len].copy_from_slice(&ep.scratch[..len]);
+        net::set_test_seq(buf, seq);
+        net.queue(id, len);
         sent += 1;
+        burst += 1;
+        if burst == 32 {
+            net.flush();
+            burst = 0;
+        }
+    }
+    if burst > 0 {
+        net.flush();
     }
     print(b"send: ");
     print_u64(u64::from(sent));

@@ -432,6 +432,11 @@ pub fn build_test_frame(out: &mut [u8], src: &Mac, dst: &Mac, seq: u32, len: usi
     len
 }
 
+/// Stores `seq` in a test frame built by `build_test_frame`.
+pub fn set_test_seq(frame: &mut [u8], seq: u32) {
+    frame[ETH_HLEN..ETH_HLEN + 4].copy_from_slice(&seq.to_be_bytes());
+}
+
 /// Writes `v` in decimal into `buf`; returns the used tail.
 pub fn fmt_u64(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
     let mut i = buf.len();

@@ -131,6 +131,8 @@ fn test_frames_and_numbers() {
     assert_eq!(build_test_frame(&mut f, &A.mac, &B.mac, 9, 10), 60);
     assert_eq!(build_test_frame(&mut f, &A.mac, &B.mac, 9, 9000), 1514);
     assert_eq!(&f[14..18], &9u32.to_be_bytes());
+    set_test_seq(&mut f, 0x0102_0304);
+    assert_eq!(&f[14..18], &[1, 2, 3, 4]);
     let mut out = [0u8; 64];
     assert_eq!(handle_frame(&B, &f[..60], &mut out), Event::TestFrame);
     let mut buf = [0u8; 20];

@@ -345,6 +345,9 @@ impl Net {
             net.rx.push_avail(id);
         }
         for id in (0..net.tx.size).rev() {
+            // SAFETY: the first HDR_LEN bytes of tx buffer `id`; an all-zero virtio_net_hdr
+            // (no offloads) serves every frame this guest sends.
+            unsafe { core::ptr::write_bytes(net.tx.buf(id), 0, HDR_LEN) };
             net.tx.set_desc(id, 0, 0);
             net.tx_free[net.tx_nfree] = id;
             net.tx_nfree += 1;
@@ -395,22 +398,31 @@ impl Net {
         let id = self.tx_free[self.tx_nfree];
         let buf = self.tx.buf(id);
         // SAFETY: buffer `id` is off the free list, so neither the device nor another slice
-        // uses it until `send` publishes it; it has BUF_SIZE bytes.
-        let frame = unsafe {
-            core::ptr::write_bytes(buf, 0, HDR_LEN);
-            core::slice::from_raw_parts_mut(buf.add(HDR_LEN), BUF_SIZE - HDR_LEN)
-        };
+        // uses it until `send` publishes it; it has BUF_SIZE bytes. Its header stays zero
+        // (written once in `init`; the device never writes tx buffers).
+        let frame =
+            unsafe { core::slice::from_raw_parts_mut(buf.add(HDR_LEN), BUF_SIZE - HDR_LEN) };
         Some((id, frame))
     }
 
     /// Queues buffer `id` (from `tx_buffer`) holding a `len`-byte frame and publishes it.
     pub fn send(&mut self, id: u16, len: usize) {
+        self.queue(id, len);
+        self.flush();
+    }
+
+    /// Queues buffer `id` holding a `len`-byte frame without publishing it (see `flush`).
+    pub fn queue(&mut self, id: u16, len: usize) {
         self.tx.set_desc_len(id, (HDR_LEN + len) as u32);
         self.tx.push_avail(id);
+        self.stats.tx += 1;
+    }
+
+    /// Publishes queued tx frames with one avail index store (and a kick if the device wants).
+    pub fn flush(&mut self) {
         if self.tx.publish() {
             self.stats.kicks += 1;
         }
-        self.stats.tx += 1;
     }
 
     /// Handles up to `budget` received frames with `f(frame)`, then reposts their buffers.
