@@ -2,10 +2,12 @@
 //! vhost-user set-up shared with the `vmm` crate ([`vhost_setup`]), and the `pktgen` traffic
 //! generator built on them ([`run`], [`rfc2544`], [`compare`]).
 
+pub mod chart;
 pub mod compare;
 pub mod driver_ring;
 pub mod frontend;
 pub mod packet;
+pub mod peers;
 pub mod rate;
 pub mod report;
 pub mod rfc2544;

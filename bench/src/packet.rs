@@ -73,8 +73,9 @@ pub struct FrameTemplate {
 
 impl FrameTemplate {
     /// Builds a frame of `size` bytes (FCS included, so `size - 4` in the buffer) from `src` to
-    /// `dst`, flow `flow` (UDP source port `UDP_SRC_BASE + flow`).
-    pub fn new(size: usize, src: Mac, dst: Mac, flow: u16) -> Self {
+    /// `dst`, flow `flow` (UDP source port `UDP_SRC_BASE + flow`), tagged `tag` in the IPv4
+    /// identification field (the trial number, so a late frame of an earlier trial is told apart).
+    pub fn new(size: usize, src: Mac, dst: Mac, flow: u16, tag: u16) -> Self {
         let len = size.clamp(MIN_SIZE, MAX_LEN + FCS_LEN) - FCS_LEN;
         let mut b: Vec<u8> = (0..len).map(pattern).collect();
         b[0..6].copy_from_slice(&dst);
@@ -85,7 +86,8 @@ impl FrameTemplate {
         ip[0] = 0x45;
         ip[1] = 0;
         ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[4..8].copy_from_slice(&[0, 0, 0x40, 0]); // id 0, DF
+        ip[4..6].copy_from_slice(&tag.to_be_bytes());
+        ip[6..8].copy_from_slice(&[0x40, 0]); // DF
         ip[8] = 64;
         ip[9] = 17;
         ip[10..12].copy_from_slice(&[0, 0]);
@@ -137,6 +139,8 @@ impl FrameTemplate {
 pub enum Parsed {
     /// One of ours, intact.
     Ok {
+        /// The template's tag (trial number).
+        tag: u16,
         /// Sequence number.
         seq: u64,
         /// Timestamp at transmission (ns).
@@ -170,7 +174,8 @@ pub fn parse(frame: &[u8]) -> Parsed {
     if frame.len() > MAX_LEN || frame[PATTERN_OFF..] != PATTERN[PATTERN_OFF..frame.len()] {
         return Parsed::Corrupt;
     }
-    Parsed::Ok { seq, ts }
+    let tag = u16::from_be_bytes([frame[IP_OFF + 4], frame[IP_OFF + 5]]);
+    Parsed::Ok { tag, seq, ts }
 }
 
 fn ipv4_checksum(h: &[u8]) -> u16 {
@@ -200,12 +205,19 @@ mod tests {
     #[test]
     fn sizes_and_round_trip() {
         for size in [64, 128, 594, 1518] {
-            let t = FrameTemplate::new(size, port_mac(0), port_mac(1), 3);
+            let t = FrameTemplate::new(size, port_mac(0), port_mac(1), 3, 17);
             assert_eq!(t.len(), size - FCS_LEN);
             let mut buf = vec![0u8; 2048];
             let n = t.write_stamped(&mut buf, 42, 1234);
             assert_eq!(n, size - 4);
-            assert_eq!(parse(&buf[..n]), Parsed::Ok { seq: 42, ts: 1234 });
+            assert_eq!(
+                parse(&buf[..n]),
+                Parsed::Ok {
+                    tag: 17,
+                    seq: 42,
+                    ts: 1234
+                }
+            );
             assert_eq!(
                 ipv4_checksum(&buf[14..34]),
                 0,
@@ -216,7 +228,7 @@ mod tests {
 
     #[test]
     fn damage_is_detected() {
-        let t = FrameTemplate::new(128, port_mac(0), port_mac(1), 0);
+        let t = FrameTemplate::new(128, port_mac(0), port_mac(1), 0, 0);
         let mut buf = vec![0u8; 2048];
         let n = t.write_stamped(&mut buf, 7, 99);
         let mut bad = buf[..n].to_vec();
@@ -231,7 +243,7 @@ mod tests {
             Parsed::Foreign
         );
         // 64-byte frames have no pattern bytes but the stamp is still checked.
-        let t = FrameTemplate::new(64, port_mac(0), port_mac(1), 0);
+        let t = FrameTemplate::new(64, port_mac(0), port_mac(1), 0, 0);
         let n = t.write_stamped(&mut buf, 1, 2);
         assert_eq!(n, 60);
         buf[TS_OFF] ^= 0x80;

@@ -173,6 +173,17 @@ pub fn parse_sizes(s: &str) -> Result<Vec<SizeMix>, ParseError> {
     s.split(',').map(|p| p.trim().parse()).collect()
 }
 
+/// A comma-separated list of sizes as one command-line value (`64,1518,imix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeList(pub Vec<SizeMix>);
+
+impl FromStr for SizeList {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_sizes(s).map(SizeList)
+    }
+}
+
 /// Paces transmission: how many frames may go now to stay on `pps` since `start_ns`.
 #[derive(Clone, Copy, Debug)]
 pub struct Pacer {

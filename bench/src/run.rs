@@ -134,7 +134,7 @@ struct TxSide {
 }
 
 impl TxSide {
-    fn new(size: SizeMix, flows: u16, src: packet::Mac, dst: packet::Mac) -> Self {
+    fn new(size: SizeMix, flows: u16, src: packet::Mac, dst: packet::Mac, tag: u16) -> Self {
         let flows = flows.max(1);
         // Interleave flows and sizes: template k has size cycle[k % c] and flow k % flows.
         let cycle = size.cycle();
@@ -146,6 +146,7 @@ impl TxSide {
                     src,
                     dst,
                     (k % flows as usize) as u16,
+                    tag,
                 )
             })
             .collect();
@@ -193,19 +194,32 @@ fn lcm(a: usize, b: usize) -> usize {
 }
 
 /// Sink state of one direction.
-#[derive(Default)]
 struct RxSide {
+    tag: u16,
     seq: SeqTracker,
     lat: Latency,
     bytes: u64,
     foreign: u64,
+    stale: u64,
 }
 
 impl RxSide {
+    fn new(tag: u16) -> Self {
+        RxSide {
+            tag,
+            seq: SeqTracker::default(),
+            lat: Latency::default(),
+            bytes: 0,
+            foreign: 0,
+            stale: 0,
+        }
+    }
+
     #[inline]
     fn drain(&mut self, port: &mut VhostUserPort, now_ns: u64) -> usize {
         port.recv(|f| match packet::parse(f) {
-            Parsed::Ok { seq, ts } => {
+            Parsed::Ok { tag, .. } if tag != self.tag => self.stale += 1,
+            Parsed::Ok { seq, ts, .. } => {
                 self.seq.record(seq);
                 self.lat.record(now_ns.saturating_sub(ts));
                 self.bytes += (f.len() + FCS_LEN) as u64;
@@ -219,6 +233,8 @@ impl RxSide {
 /// Two attached ports: port 0 on `--tx`, port 1 on `--rx`.
 pub struct Session {
     ports: [VhostUserPort; 2],
+    /// Trials run so far: the tag of the next trial's frames.
+    trials: u16,
 }
 
 fn check_core(core: Option<usize>) -> Result<(), RunError> {
@@ -262,7 +278,10 @@ impl Session {
         };
         let a = port("tx", &cfg.tx_socket, 0)?;
         let b = port("rx", &cfg.rx_socket, 1)?;
-        Ok(Session { ports: [a, b] })
+        Ok(Session {
+            ports: [a, b],
+            trials: 0,
+        })
     }
 
     /// The attached ports.
@@ -299,6 +318,7 @@ impl Session {
         check_core(cfg.rx_core)?;
         pin(cfg.tx_core)?;
         self.learn();
+        self.trials = self.trials.wrapping_add(1);
         let split = !cfg.bidir && cfg.rx_core.is_some() && cfg.rx_core != cfg.tx_core;
         let (elapsed, dirs) = if split {
             self.run_split(cfg)?
@@ -319,10 +339,11 @@ impl Session {
                     cfg.flows,
                     packet::port_mac(d as u8),
                     packet::port_mac(1 - d as u8),
+                    self.trials,
                 )
             })
             .collect();
-        let mut rx: Vec<RxSide> = (0..n_dirs).map(|_| RxSide::default()).collect();
+        let mut rx: Vec<RxSide> = (0..n_dirs).map(|_| RxSide::new(self.trials)).collect();
         let pacer = Pacer::new(cfg.rate, cfg.size.mean());
         let dur_ns = cfg.duration.as_nanos() as u64;
         let start = Instant::now();
@@ -397,11 +418,13 @@ impl Session {
         &mut self,
         cfg: &TrialConfig,
     ) -> Result<(f64, Vec<(String, TxSide, RxSide)>), RunError> {
+        let tag = self.trials;
         let mut tx = TxSide::new(
             cfg.size,
             cfg.flows,
             packet::port_mac(0),
             packet::port_mac(1),
+            tag,
         );
         let pacer = Pacer::new(cfg.rate, cfg.size.mean());
         let dur_ns = cfg.duration.as_nanos() as u64;
@@ -413,7 +436,7 @@ impl Session {
         let (elapsed, rx) = std::thread::scope(|s| {
             let sink = s.spawn(|| -> Result<RxSide, RunError> {
                 pin(rx_core)?;
-                let mut rx = RxSide::default();
+                let mut rx = RxSide::new(tag);
                 let mut quiet: Option<Instant> = None;
                 loop {
                     let now = start.elapsed().as_nanos() as u64;

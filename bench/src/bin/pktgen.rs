@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bench::rate::{parse_duration, parse_sizes, Rate, SizeMix};
+use bench::rate::{parse_duration, Rate, SizeList, SizeMix};
 use bench::report::{self, Machine, RunReport};
 use bench::run::{AttachConfig, Session, TrialConfig};
 use clap::{Args, Parser, Subcommand};
@@ -113,8 +113,8 @@ struct Rfc2544Args {
     #[arg(long, default_value = "64")]
     size: SizeMix,
     /// Several sizes, e.g. 64,128,256,512,1024,1518 (overrides --size).
-    #[arg(long, value_parser = parse_sizes)]
-    sizes: Option<Vec<SizeMix>>,
+    #[arg(long)]
+    sizes: Option<SizeList>,
     /// Acceptable loss in percent.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -211,7 +211,7 @@ fn rfc2544(a: Rfc2544Args) -> Result<(), String> {
     let attach = a.ports.attach()?;
     let mut session = Session::attach(&attach).map_err(|e| error_chain(&e))?;
     let hp = session.ports()[0].memory().page_size().kib();
-    let sizes = a.sizes.clone().unwrap_or_else(|| vec![a.size]);
+    let sizes = a.sizes.clone().map(|l| l.0).unwrap_or_else(|| vec![a.size]);
     let search = bench::rfc2544::Search {
         loss_pct: a.loss,
         trial: a.trial,

@@ -1,0 +1,197 @@
+//! A grouped bar chart of `pktgen compare` results as hand-written SVG: one group per frame size,
+//! one bar per switch, height = median received Mpps (Gbit/s written above each bar).
+
+use std::fmt::Write;
+
+use crate::compare::CompareReport;
+
+const COLORS: [&str; 4] = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Renders the chart.
+pub fn svg(r: &CompareReport) -> String {
+    let switches: Vec<&str> = {
+        let mut v: Vec<&str> = Vec::new();
+        for m in &r.results {
+            if !v.contains(&m.switch.as_str()) {
+                v.push(&m.switch);
+            }
+        }
+        v
+    };
+    let (w, h) = (760.0f64, 420.0f64);
+    let (left, right, top, bottom) = (60.0, 20.0, 50.0, 70.0);
+    let plot_w = w - left - right;
+    let plot_h = h - top - bottom;
+    let max = r
+        .results
+        .iter()
+        .map(|m| m.rx_mpps)
+        .fold(0.0f64, f64::max)
+        .max(0.001);
+    let step = nice_step(max / 5.0);
+    let ymax = (max / step).ceil() * step;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">Port-to-port throughput, one PMD core, two vhost-user ports (median of {})</text>"#,
+        w / 2.0,
+        r.samples
+    );
+    // Axis and grid.
+    let mut y = 0.0;
+    while y <= ymax + 1e-9 {
+        let py = top + plot_h - y / ymax * plot_h;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left + plot_w,
+            left - 6.0,
+            py + 4.0,
+            trim(y)
+        );
+        y += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">Mpps received</text>"#,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
+    let groups = r.sizes.len().max(1) as f64;
+    let group_w = plot_w / groups;
+    let bar_w = (group_w * 0.8) / switches.len().max(1) as f64;
+    for (gi, size) in r.sizes.iter().enumerate() {
+        let gx = left + gi as f64 * group_w + group_w * 0.1;
+        for (si, sw) in switches.iter().enumerate() {
+            let Some(m) = r
+                .results
+                .iter()
+                .find(|m| m.switch == *sw && m.size == *size)
+            else {
+                continue;
+            };
+            let bh = m.rx_mpps / ymax * plot_h;
+            let x = gx + si as f64 * bar_w;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{} {} B: {:.3} Mpps, {:.2} Gbit/s</title></rect>"#,
+                top + plot_h - bh,
+                bar_w * 0.92,
+                COLORS[si % COLORS.len()],
+                esc(sw),
+                size,
+                m.rx_mpps,
+                m.rx_gbps
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{:.2}</text>"#,
+                x + bar_w * 0.46,
+                top + plot_h - bh - 4.0,
+                m.rx_mpps
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{} B</text>"#,
+            gx + group_w * 0.4,
+            top + plot_h + 18.0,
+            size
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/>"##,
+        top + plot_h,
+        left + plot_w,
+        top + plot_h
+    );
+    for (si, sw) in switches.iter().enumerate() {
+        let x = left + si as f64 * 140.0;
+        let y = h - 22.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
+            y - 10.0,
+            COLORS[si % COLORS.len()],
+            x + 18.0,
+            esc(sw)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn nice_step(raw: f64) -> f64 {
+    let mag = 10f64.powf(raw.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if raw <= m * mag {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::{CompareReport, Measurement, SwitchStatus};
+    use crate::rate::{Rate, SizeMix};
+    use crate::report::Machine;
+
+    #[test]
+    fn chart_has_one_bar_per_switch_and_size() {
+        let m = |sw: &str, size: usize, mpps: f64| Measurement {
+            switch: sw.into(),
+            size: SizeMix::Fixed(size),
+            samples_rx_mpps: vec![mpps],
+            rx_mpps: mpps,
+            rx_gbps: 1.0,
+            loss_pct: 0.0,
+            latency: None,
+        };
+        let r = CompareReport {
+            schema: "x".into(),
+            sizes: vec![SizeMix::Fixed(64), SizeMix::Fixed(1518)],
+            duration_s: 1.0,
+            samples: 1,
+            latency_rate: Rate::Pps(1e5),
+            pmd_core: 1,
+            machine: Machine::probe(None, None, 2048),
+            switches: vec![SwitchStatus {
+                name: "vswitch".into(),
+                status: "measured".into(),
+                reason: None,
+            }],
+            results: vec![
+                m("vswitch", 64, 9.0),
+                m("testpmd", 64, 12.0),
+                m("vswitch", 1518, 4.0),
+                m("testpmd", 1518, 5.0),
+            ],
+            ratios: vec![],
+        };
+        let s = svg(&r);
+        assert!(s.starts_with("<svg"));
+        assert_eq!(s.matches("<title>").count(), 4);
+        assert!(s.contains("1518 B"));
+        assert_eq!(nice_step(2.3), 5.0);
+        assert_eq!(nice_step(0.9), 1.0);
+    }
+}

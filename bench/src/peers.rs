@@ -1,0 +1,409 @@
+//! The switches `pktgen compare` measures: each started with one PMD on the same core and two
+//! vhost-user ports in server mode (the switch listens, pktgen connects), torn down on drop.
+//! OVS runs from a private directory under /tmp; the system's OVS is never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A switch kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchKind {
+    /// Our `vswitch`.
+    Vswitch,
+    /// OVS-DPDK NORMAL bridge.
+    OvsDpdk,
+    /// `dpdk-testpmd` io forwarding (no lookup: a ceiling).
+    Testpmd,
+}
+
+impl SwitchKind {
+    /// All kinds in table order.
+    pub const ALL: [SwitchKind; 3] = [
+        SwitchKind::Vswitch,
+        SwitchKind::OvsDpdk,
+        SwitchKind::Testpmd,
+    ];
+
+    /// Name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            SwitchKind::Vswitch => "vswitch",
+            SwitchKind::OvsDpdk => "ovs-dpdk",
+            SwitchKind::Testpmd => "testpmd",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s || (s == "ovs" && *k == SwitchKind::OvsDpdk))
+    }
+}
+
+/// Errors starting a switch.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// A program is missing.
+    #[error("{program} is not installed (install with: {install})")]
+    Missing { program: String, install: String },
+    /// Spawning or a set-up command failed.
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    /// The ports' sockets did not appear.
+    #[error("{switch} did not create its vhost-user sockets within {secs} s (log: {log})")]
+    NoSockets {
+        switch: &'static str,
+        secs: u64,
+        log: String,
+    },
+    /// Scratch directory trouble.
+    #[error("cannot prepare {0}")]
+    Dir(PathBuf, #[source] std::io::Error),
+}
+
+/// Where to run.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// The switch's PMD core.
+    pub pmd_core: usize,
+    /// A housekeeping core for the peer's main thread (the generator's core: those threads idle).
+    pub main_core: usize,
+    /// Path of the `vswitch` binary.
+    pub vswitch: PathBuf,
+}
+
+/// A running switch with its two port sockets.
+pub struct Running {
+    /// Which switch.
+    pub kind: SwitchKind,
+    /// Socket of port 0 (pktgen's tx).
+    pub sock0: PathBuf,
+    /// Socket of port 1 (pktgen's rx).
+    pub sock1: PathBuf,
+    children: Vec<Child>,
+    /// Kept open: testpmd quits when its stdin reaches EOF.
+    _stdin: Option<ChildStdin>,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Stop in reverse start order (vswitchd before ovsdb-server).
+        for c in self.children.iter_mut().rev() {
+            // SAFETY: kill(2) with a pid of our own child that has not been reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in self.children.iter_mut().rev() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).is_file().then(|| PathBuf::from(program));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+const OVS_VSWITCHD: &str = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk";
+const OVS_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+/// Checks that a switch can be started; Err carries the install hint.
+pub fn check_available(kind: SwitchKind, cfg: &PeerConfig) -> Result<(), PeerError> {
+    let need = |program: &str, install: &str| {
+        if which(program).is_some() {
+            Ok(())
+        } else {
+            Err(PeerError::Missing {
+                program: program.to_string(),
+                install: install.to_string(),
+            })
+        }
+    };
+    match kind {
+        SwitchKind::Vswitch => need(
+            &cfg.vswitch.display().to_string(),
+            "cargo build --release -p switch (or pass --vswitch PATH)",
+        ),
+        SwitchKind::Testpmd => need("dpdk-testpmd", "apt-get install -y dpdk-dev"),
+        SwitchKind::OvsDpdk => {
+            let hint = "apt-get install -y openvswitch-switch-dpdk";
+            need(OVS_VSWITCHD, hint)?;
+            need("ovsdb-tool", hint)?;
+            need("ovsdb-server", hint)?;
+            need("ovs-vsctl", hint)?;
+            need(OVS_SCHEMA, hint)
+        }
+    }
+}
+
+fn scratch(kind: SwitchKind) -> Result<PathBuf, PeerError> {
+    let dir = std::env::temp_dir().join(format!("pktgen-{}-{}", kind.name(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| PeerError::Dir(dir.clone(), e))?;
+    Ok(dir)
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, PeerError> {
+    let p = dir.join(name);
+    std::fs::File::create(&p).map_err(|e| PeerError::Dir(p, e))
+}
+
+fn spawn(what: &str, cmd: &mut Command) -> Result<Child, PeerError> {
+    cmd.spawn().map_err(|e| PeerError::Command {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn run_ok(what: &str, cmd: &mut Command) -> Result<(), PeerError> {
+    let out = cmd.output().map_err(|e| PeerError::Command {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(PeerError::Command {
+            what: what.to_string(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn wait_sockets(r: &mut Running, secs: u64, log: &Path) -> Result<(), PeerError> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if r.sock0.exists() && r.sock1.exists() {
+            return Ok(());
+        }
+        for c in r.children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(PeerError::Command {
+                    what: format!("{} ({status})", r.kind.name()),
+                    detail: format!("exited early, see {}", log.display()),
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(PeerError::NoSockets {
+        switch: r.kind.name(),
+        secs,
+        log: log.display().to_string(),
+    })
+}
+
+/// Starts a switch and waits for its sockets.
+pub fn start(kind: SwitchKind, cfg: &PeerConfig) -> Result<Running, PeerError> {
+    check_available(kind, cfg)?;
+    let dir = scratch(kind)?;
+    let mut r = Running {
+        kind,
+        sock0: dir.join("p0.sock"),
+        sock1: dir.join("p1.sock"),
+        children: Vec::new(),
+        _stdin: None,
+        dir: dir.clone(),
+    };
+    let log = dir.join(format!("{}.log", kind.name()));
+    match kind {
+        SwitchKind::Vswitch => {
+            let mut cmd = Command::new(&cfg.vswitch);
+            cmd.arg("run")
+                .arg("--pmd-cores")
+                .arg(cfg.pmd_core.to_string())
+                .arg("--ctl")
+                .arg(dir.join("ctl.sock"))
+                .arg("--vhost-user")
+                .arg(format!("p0:{}", r.sock0.display()))
+                .arg("--vhost-user")
+                .arg(format!("p1:{}", r.sock1.display()))
+                .stdin(Stdio::null())
+                .stdout(log_file(&dir, "vswitch.out")?)
+                .stderr(log_file(&dir, "vswitch.log")?);
+            r.children.push(spawn("vswitch", &mut cmd)?);
+            wait_sockets(&mut r, 15, &log)?;
+        }
+        SwitchKind::Testpmd => {
+            let mut cmd = Command::new("dpdk-testpmd");
+            cmd.arg("-l")
+                .arg(format!("{},{}", cfg.main_core, cfg.pmd_core))
+                .arg("--main-lcore")
+                .arg(cfg.main_core.to_string())
+                .args(["--no-pci", "--in-memory", "--file-prefix"])
+                .arg(format!("pktgen-testpmd-{}", std::process::id()))
+                .arg("--vdev")
+                .arg(format!("net_vhost0,iface={},queues=1", r.sock0.display()))
+                .arg("--vdev")
+                .arg(format!("net_vhost1,iface={},queues=1", r.sock1.display()))
+                .args([
+                    "--",
+                    "-i",
+                    "--auto-start",
+                    "--forward-mode=io",
+                    "--nb-cores=1",
+                    "--no-flush-rx",
+                    "--disable-link-check",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(log_file(&dir, "testpmd.log")?)
+                .stderr(Stdio::inherit());
+            let mut child = spawn("dpdk-testpmd", &mut cmd)?;
+            r._stdin = child.stdin.take();
+            r.children.push(child);
+            let log = dir.join("testpmd.log");
+            wait_sockets(&mut r, 30, &log)?;
+            // Forwarding starts when the prompt appears (after port start).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("testpmd>")
+            {
+                if Instant::now() > deadline {
+                    return Err(PeerError::NoSockets {
+                        switch: "testpmd",
+                        secs: 30,
+                        log: log.display().to_string(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        SwitchKind::OvsDpdk => start_ovs(&mut r, cfg, &dir)?,
+    }
+    Ok(r)
+}
+
+fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerError> {
+    let db = dir.join("conf.db");
+    let dbsock = format!("unix:{}", dir.join("db.sock").display());
+    let env = |cmd: &mut Command| {
+        cmd.env("OVS_RUNDIR", dir)
+            .env("OVS_DBDIR", dir)
+            .env("OVS_LOGDIR", dir)
+            .env("OVS_SYSCONFDIR", dir)
+            .env("OVS_PKGDATADIR", "/usr/share/openvswitch");
+    };
+    let mut c = Command::new("ovsdb-tool");
+    c.arg("create").arg(&db).arg(OVS_SCHEMA);
+    env(&mut c);
+    run_ok("ovsdb-tool create", &mut c)?;
+    let mut c = Command::new("ovsdb-server");
+    c.arg(&db)
+        .arg(format!("--remote=p{dbsock}"))
+        .arg(format!(
+            "--pidfile={}",
+            dir.join("ovsdb-server.pid").display()
+        ))
+        .arg(format!(
+            "--log-file={}",
+            dir.join("ovsdb-server.log").display()
+        ))
+        .arg(format!(
+            "--unixctl={}",
+            dir.join("ovsdb-server.ctl").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    env(&mut c);
+    r.children.push(spawn("ovsdb-server", &mut c)?);
+    let vsctl = |args: &[String]| -> Result<(), PeerError> {
+        let mut c = Command::new("ovs-vsctl");
+        c.arg(format!("--db={dbsock}"))
+            .arg("--timeout=60")
+            .args(args);
+        env(&mut c);
+        run_ok(&format!("ovs-vsctl {}", args.join(" ")), &mut c)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("db.sock").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = |v: &str| v.to_string();
+    vsctl(&[s("--no-wait"), s("init")])?;
+    vsctl(&[
+        s("--no-wait"),
+        s("set"),
+        s("Open_vSwitch"),
+        s("."),
+        s("other_config:dpdk-init=true"),
+        format!("other_config:dpdk-lcore-mask={:#x}", 1u64 << cfg.main_core),
+        format!("other_config:pmd-cpu-mask={:#x}", 1u64 << cfg.pmd_core),
+        s("other_config:dpdk-socket-mem=512"),
+        s("other_config:per-port-memory=true"),
+        s("other_config:vhost-sock-dir=."),
+        format!(
+            "other_config:dpdk-extra=--no-pci --in-memory --file-prefix=pktgen-ovs-{}",
+            std::process::id()
+        ),
+    ])?;
+    let mut c = Command::new(OVS_VSWITCHD);
+    c.arg(&dbsock)
+        .arg(format!(
+            "--pidfile={}",
+            dir.join("ovs-vswitchd.pid").display()
+        ))
+        .arg(format!(
+            "--log-file={}",
+            dir.join("ovs-vswitchd.log").display()
+        ))
+        .arg(format!(
+            "--unixctl={}",
+            dir.join("ovs-vswitchd.ctl").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    env(&mut c);
+    r.children.push(spawn("ovs-vswitchd", &mut c)?);
+    vsctl(&[
+        s("add-br"),
+        s("br0"),
+        s("--"),
+        s("set"),
+        s("bridge"),
+        s("br0"),
+        s("datapath_type=netdev"),
+    ])?;
+    // OVS names the socket after the interface, in vhost-sock-dir (= the run directory).
+    r.sock0 = dir.join("p0");
+    r.sock1 = dir.join("p1");
+    for (i, name) in ["p0", "p1"].iter().enumerate() {
+        vsctl(&[
+            s("add-port"),
+            s("br0"),
+            s(name),
+            s("--"),
+            s("set"),
+            s("Interface"),
+            s(name),
+            s("type=dpdkvhostuser"),
+            format!("ofport_request={}", i + 1),
+        ])?;
+    }
+    let log = dir.join("ovs-vswitchd.log");
+    wait_sockets(r, 60, &log)
+}
