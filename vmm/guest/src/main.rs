@@ -100,7 +100,8 @@ impl Endpoint {
     }
 }
 
-/// TSC ticks per millisecond: `tsc_mhz=`, else what CPUID tells, else a guess of 2 GHz.
+/// TSC ticks per millisecond: `tsc_mhz=`, else the hypervisor's CPUID timing leaf, else a
+/// measurement against the PIT, else CPUID leaves 0x15/0x16, else a guess of 2 GHz.
 fn tsc_per_ms(cfg: &Config) -> (u64, &'static [u8]) {
     if cfg.tsc_mhz != 0 {
         return (u64::from(cfg.tsc_mhz) * 1000, b"cmdline");
@@ -111,6 +112,9 @@ fn tsc_per_ms(cfg: &Config) -> (u64, &'static [u8]) {
         if khz != 0 {
             return (u64::from(khz), b"cpuid-hv");
         }
+    }
+    if let Some(per_ms) = pit_tsc_per_ms() {
+        return (per_ms, b"pit");
     }
     let max = hw::cpuid(0)[0];
     if max >= 0x15 {
@@ -129,6 +133,36 @@ fn tsc_per_ms(cfg: &Config) -> (u64, &'static [u8]) {
         }
     }
     (2_000_000, b"guess")
+}
+
+/// Measures the TSC against PIT channel 2 (mode 0, gate via port 0x61, output in bit 5), as
+/// Linux's `pit_calibrate_tsc` does, over three 5 ms windows. Being descheduled only makes a
+/// window look longer, so the shortest one wins. None if there is no PIT or the result is
+/// implausible.
+fn pit_tsc_per_ms() -> Option<u64> {
+    const MS: u64 = 5;
+    const LATCH: u64 = 1_193_182 * MS / 1000;
+    let mut best = u64::MAX;
+    for _ in 0..3 {
+        hw::outb(0x61, (hw::inb(0x61) & !0x02) | 0x01);
+        hw::outb(0x43, 0xb0);
+        hw::outb(0x42, LATCH as u8);
+        hw::outb(0x42, (LATCH >> 8) as u8);
+        let start = rdtsc();
+        let mut polls = 0u32;
+        while hw::inb(0x61) & 0x20 == 0 {
+            polls += 1;
+            if polls > 5_000_000 {
+                return None;
+            }
+        }
+        // A few polls only means the bit was already set (no PIT behind the port).
+        if polls < 3 {
+            return None;
+        }
+        best = best.min((rdtsc() - start) / MS);
+    }
+    (100_000..=10_000_000).contains(&best).then_some(best)
 }
 
 /// The NUL-terminated command line from the boot information (`kind` 0: Linux boot_params,
