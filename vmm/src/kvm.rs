@@ -94,7 +94,8 @@ pub fn create_vcpus(
         let fd = vm
             .create_vcpu(id as u64)
             .map_err(|e| KvmError::CreateVcpu(id, e))?;
-        regs::setup_cpuid(&fd, cpuid.clone(), id, count).map_err(|e| KvmError::Regs(id, e))?;
+        regs::setup_cpuid(&fd, cpuid.clone(), id, count, is_pvm())
+            .map_err(|e| KvmError::Regs(id, e))?;
         regs::setup_lint(&fd).map_err(|e| KvmError::Regs(id, e))?;
         if id == 0 {
             regs::setup_boot_vcpu(&fd, entry.rip, entry.rsi, entry.rsp)

@@ -157,9 +157,37 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64, rsi: u64, rsp: u64) -> Result<
     vcpu.set_fpu(&fpu).map_err(RegsError::SetFpu)
 }
 
-/// Adjusts the supported CPUID for vCPU `id` of `count` and installs it.
-pub fn setup_cpuid(vcpu: &VcpuFd, mut cpuid: CpuId, id: u8, count: u8) -> Result<(), RegsError> {
+/// CPUID.1:ECX bits hidden from guests under an instruction emulator (PVM): CMPXCHG16B,
+/// XSAVE/OSXSAVE and AVX, which KVM's emulator cannot run (the kernel then uses CMPXCHG8B-free
+/// slab paths and FXSAVE).
+pub const EMULATOR_HIDDEN_LEAF1_ECX: u32 = (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28);
+/// CPUID.7.0:EBX bits hidden under an emulator: AVX2, AVX-512 F/DQ/CD/BW/VL.
+pub const EMULATOR_HIDDEN_LEAF7_EBX: u32 =
+    (1 << 5) | (1 << 16) | (1 << 17) | (1 << 28) | (1 << 30) | (1 << 31);
+
+/// Adjusts the supported CPUID for vCPU `id` of `count` and installs it. `emulated` hides the
+/// instructions an instruction emulator cannot run (see `EMULATOR_HIDDEN_*`).
+pub fn setup_cpuid(
+    vcpu: &VcpuFd,
+    mut cpuid: CpuId,
+    id: u8,
+    count: u8,
+    emulated: bool,
+) -> Result<(), RegsError> {
     for e in cpuid.as_mut_slice() {
+        if emulated {
+            match e.function {
+                1 => e.ecx &= !EMULATOR_HIDDEN_LEAF1_ECX,
+                7 if e.index == 0 => e.ebx &= !EMULATOR_HIDDEN_LEAF7_EBX,
+                0xd => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = 0;
+                    e.edx = 0;
+                }
+                _ => {}
+            }
+        }
         match e.function {
             1 => {
                 // Initial APIC id, logical processor count, hypervisor bit.
