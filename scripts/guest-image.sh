@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Linux guest image from Debian's packages: kernel (bzImage and the ELF vmlinux inside
-# it, for QEMU's fast PVH boot) and an initramfs with busybox, the virtio-net modules and an /init
-# that configures eth0 from the kernel command line, prints SWITCHYARD-READY, runs a command and
-# powers off.
+# it, for QEMU's fast PVH boot) and an initramfs with busybox, iperf3, the virtio-net modules
+# (and pktgen) and an /init that configures eth0 from the kernel command line, prints
+# SWITCHYARD-READY, runs a command and powers off.
 #
 #   scripts/guest-image.sh [OUTDIR]          (default OUTDIR: guest-image/ in the repository)
 #
@@ -33,13 +33,13 @@ fi
 log() { echo "guest-image: $*"; }
 die() { echo "guest-image: error: $*" >&2; exit 1; }
 
-for tool in apt-get apt-cache dpkg-deb cpio gzip depmod; do
+for tool in apt-get apt-cache dpkg-deb cpio gzip depmod readelf; do
     command -v "$tool" >/dev/null || missing="${missing:-} $tool"
 done
 if [[ -n ${missing:-} ]]; then
-    [[ $(id -u) == 0 ]] || die "missing tools:$missing (install cpio kmod as root)"
+    [[ $(id -u) == 0 ]] || die "missing tools:$missing (install cpio kmod binutils as root)"
     log "installing:$missing"
-    apt-get install -y -q cpio kmod gzip >/dev/null
+    apt-get install -y -q cpio kmod gzip binutils >/dev/null
 fi
 
 # The kernel package that linux-image-amd64 currently points at.
@@ -59,11 +59,17 @@ kver=${pkg#linux-image-}
 work=$out/.work
 rm -rf "$work"
 mkdir -p "$work/debs" "$work/kernel" "$work/busybox" "$work/root"
-log "downloading $pkg and busybox-static"
-(cd "$work/debs" && apt-get download -q "$pkg" busybox-static >/dev/null 2>&1) ||
-    (cd "$work/debs" && apt-get download "$pkg" busybox-static)
+# iperf3 (dynamically linked) comes with the libraries it needs, resolved below.
+userland_pkgs=(iperf3 libiperf0 libsctp1 libssl3 libc6)
+log "downloading $pkg, busybox-static, ${userland_pkgs[*]}"
+(cd "$work/debs" && apt-get download -q "$pkg" busybox-static "${userland_pkgs[@]}" >/dev/null 2>&1) ||
+    (cd "$work/debs" && apt-get download "$pkg" busybox-static "${userland_pkgs[@]}")
 dpkg-deb -x "$work"/debs/linux-image-*.deb "$work/kernel"
 dpkg-deb -x "$work"/debs/busybox-static_*.deb "$work/busybox"
+mkdir -p "$work/userland"
+for p in "${userland_pkgs[@]}"; do
+    dpkg-deb -x "$work"/debs/"${p}"_*.deb "$work/userland"
+done
 
 moddir=$work/kernel/lib/modules/$kver
 [[ -d $moddir ]] || die "no modules for $kver in the package"
@@ -105,6 +111,31 @@ for rel in "${order[@]}"; do
     echo "$name" >>"$root/lib/modules/order"
 done
 log "modules: $(tr '\n' ' ' <"$root/lib/modules/order")"
+
+# Userland programs and, recursively, the shared libraries they name (DT_NEEDED), plus the
+# dynamic loader.
+ul=$work/userland
+libdir=lib/x86_64-linux-gnu
+mkdir -p "$root/$libdir" "$root/lib64"
+cp -L "$ul/lib64/ld-linux-x86-64.so.2" "$root/lib64/"
+copy_needed() { # $1 = ELF file
+    local lib src
+    for lib in $(LC_ALL=C readelf -d "$1" | awk '/\(NEEDED\)/ { gsub(/[][]/, "", $5); print $5 }'); do
+        [[ -e $root/$libdir/$lib ]] && continue
+        src=
+        for dir in "$ul/$libdir" "$ul/usr/$libdir"; do
+            [[ -e $dir/$lib ]] && { src=$dir/$lib; break; }
+        done
+        [[ -n $src ]] || die "library $lib (needed by $(basename "$1")) is in none of: ${userland_pkgs[*]}"
+        cp -L "$src" "$root/$libdir/$lib"
+        copy_needed "$root/$libdir/$lib"
+    done
+}
+for prog in usr/bin/iperf3; do
+    cp -L "$ul/$prog" "$root/$prog"
+    copy_needed "$root/$prog"
+done
+log "userland: iperf3 + $(ls "$root/$libdir" | tr '\n' ' ')"
 
 cat >"$root/init" <<'EOF'
 #!/bin/busybox sh

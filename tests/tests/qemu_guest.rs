@@ -24,6 +24,7 @@ fn repo() -> PathBuf {
 /// The image directory: `$SWITCHYARD_GUEST_IMAGE` or `guest-image/` in the repository.
 fn image_dir() -> PathBuf {
     std::env::var_os("SWITCHYARD_GUEST_IMAGE")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("guest-image"))
 }
@@ -91,9 +92,9 @@ fn linux_guest_boots_to_ready_marker_and_runs_its_command() {
     }
     // QEMU's user network answers pings to its gateway when QEMU may open ICMP sockets (root).
     let run = if is_root() {
-        "ip -o addr show eth0; ping -c 2 -W 5 10.0.2.2"
+        "ip -o addr show eth0; iperf3 --version; ping -c 2 -W 5 10.0.2.2"
     } else {
-        "ip -o addr show eth0"
+        "ip -o addr show eth0; iperf3 --version"
     };
     let (status, out) = run_with_timeout(
         Command::new(repo().join("scripts/qemu-guest.sh"))
@@ -111,6 +112,7 @@ fn linux_guest_boots_to_ready_marker_and_runs_its_command() {
         out.contains("inet 10.0.2.15/24"),
         "eth0 not configured:\n{out}"
     );
+    assert!(out.contains("iperf 3."), "no iperf3 in the image:\n{out}");
     if is_root() {
         assert!(out.contains(" 0% packet loss"), "ping failed:\n{out}");
     }
