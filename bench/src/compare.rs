@@ -199,6 +199,7 @@ fn measure_once(
             tx_core: Some(a.gen_core),
             rx_core: None,
             progress: false,
+            rx_stall_after: None,
         };
         let r = session.trial(&cfg).map_err(|e: RunError| chain(&e))?;
         let d = &r.directions[0];

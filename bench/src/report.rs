@@ -145,6 +145,7 @@ mod tests {
                 tx_core: Some(0),
                 rx_core: None,
                 progress: false,
+                rx_stall_after: None,
             },
             machine: Machine {
                 cpu_model: "cpu".into(),
@@ -201,6 +202,7 @@ mod tests {
             "/config/bidir",
             "/config/tx_core",
             "/config/rx_core",
+            "/config/rx_stall_after",
             "/machine/cpu_model",
             "/machine/cpus",
             "/machine/hugepage_kib",

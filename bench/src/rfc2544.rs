@@ -96,6 +96,7 @@ pub fn search(
             tx_core: s.tx_core,
             rx_core: s.rx_core,
             progress: false,
+            rx_stall_after: None,
         };
         let r = session.trial(&cfg)?;
         let d = &r.directions[0];

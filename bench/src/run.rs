@@ -77,6 +77,28 @@ pub struct TrialConfig {
     pub rx_core: Option<usize>,
     /// Print a progress line once a second (stderr).
     pub progress: bool,
+    /// Stop giving rx buffers back this long into the trial (a stuck receiver: the switch must
+    /// drop, and the sink must count the loss). None = drain normally.
+    #[serde(default, with = "opt_secs")]
+    pub rx_stall_after: Option<Duration>,
+}
+
+mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|v| Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// One direction's results.
@@ -350,11 +372,18 @@ impl Session {
         let mut next_report = 1_000_000_000u64;
         let mut last = (0u64, 0u64, 0u64);
         let [p0, p1] = &mut self.ports;
+        let stall_ns = cfg.rx_stall_after.map(|d| d.as_nanos() as u64);
         let mut now;
         loop {
             now = start.elapsed().as_nanos() as u64;
             if now >= dur_ns {
                 break;
+            }
+            if stall_ns.is_some_and(|s| now >= s) {
+                p1.set_rx_paused(true);
+                if cfg.bidir {
+                    p0.set_rx_paused(true);
+                }
             }
             let n = pacer.allowed(now, tx[0].sent, BURST);
             if n > 0 {
@@ -404,6 +433,8 @@ impl Session {
                 quiet = Instant::now();
             }
         }
+        p0.set_rx_paused(false);
+        p1.set_rx_paused(false);
         let names = ["tx->rx", "rx->tx"];
         let dirs = tx
             .into_iter()
@@ -433,13 +464,18 @@ impl Session {
         let [p0, p1] = &mut self.ports;
         let start = Instant::now();
         let rx_core = cfg.rx_core;
+        let rx_stall = cfg.rx_stall_after;
         let (elapsed, rx) = std::thread::scope(|s| {
             let sink = s.spawn(|| -> Result<RxSide, RunError> {
                 pin(rx_core)?;
                 let mut rx = RxSide::new(tag);
                 let mut quiet: Option<Instant> = None;
+                let stall_ns = rx_stall.map(|d| d.as_nanos() as u64);
                 loop {
                     let now = start.elapsed().as_nanos() as u64;
+                    if stall_ns.is_some_and(|s| now >= s) {
+                        p1.set_rx_paused(true);
+                    }
                     let got = rx.drain(p1, now);
                     if done.load(Ordering::Acquire) {
                         let q = quiet.get_or_insert_with(Instant::now);
@@ -451,6 +487,7 @@ impl Session {
                         }
                     }
                 }
+                p1.set_rx_paused(false);
                 Ok(rx)
             });
             let mut now;

@@ -103,6 +103,10 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Make the sink stop giving rx buffers back after this long (a stuck receiver; the loss
+    /// that follows must show in the counts).
+    #[arg(long, value_parser = parse_duration)]
+    rx_stall_after: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -180,6 +184,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         tx_core: a.ports.tx_core,
         rx_core: a.ports.rx_core,
         progress: !a.quiet,
+        rx_stall_after: a.rx_stall_after,
     };
     eprintln!(
         "pktgen: {} -> {}{}, size {}, rate {}, {:?}, {} flow(s)",
