@@ -152,14 +152,16 @@ impl Queue {
         false
     }
 
-    /// The next used element `(id, len)`, if the device has returned one.
-    fn pop_used(&mut self) -> Option<(u16, u32)> {
+    /// The device's used index (one read per burst; entries up to it are complete).
+    fn used_idx(&self) -> u16 {
         // SAFETY: used.idx at offset 2 of the used page.
         let idx = unsafe { read_volatile(self.used.add(2) as *const u16) };
-        if idx == self.last_used {
-            return None;
-        }
         compiler_fence(Ordering::Acquire);
+        idx
+    }
+
+    /// Takes the used element at `last_used` (which must be before `used_idx()`).
+    fn take_used(&mut self) -> (u16, u32) {
         let slot = usize::from(self.last_used & (self.size - 1));
         // SAFETY: used ring element `slot` < size at 4 + 8 * slot inside the used page.
         let (id, len) = unsafe {
@@ -170,7 +172,7 @@ impl Queue {
             )
         };
         self.last_used = self.last_used.wrapping_add(1);
-        Some(((id as u16) & (self.size - 1), len))
+        ((id as u16) & (self.size - 1), len)
     }
 }
 
@@ -377,7 +379,9 @@ impl Net {
 
     /// Returns completed tx buffers to the free list.
     fn reclaim_tx(&mut self) {
-        while let Some((id, _)) = self.tx.pop_used() {
+        let used = self.tx.used_idx();
+        while self.tx.last_used != used {
+            let (id, _) = self.tx.take_used();
             if self.tx_nfree < usize::from(self.tx.size) {
                 self.tx_free[self.tx_nfree] = id;
                 self.tx_nfree += 1;
@@ -431,10 +435,9 @@ impl Net {
         let mut n = 0;
         let mut pushed = false;
         let mut extra: u16 = 0;
-        while n < budget {
-            let Some((id, len)) = self.rx.pop_used() else {
-                break;
-            };
+        let mut used = self.rx.used_idx();
+        while n < budget && self.rx.last_used != used {
+            let (id, len) = self.rx.take_used();
             pushed = true;
             let buf = self.rx.buf(id);
             if extra > 0 {
@@ -446,29 +449,32 @@ impl Net {
             n += 1;
             let len = (len as usize).min(BUF_SIZE);
             // SAFETY: the device returned buffer `id` with `len` bytes written; it is ours until
-            // reposted below, and `frame` does not outlive this iteration.
+            // reposted below, and `data` does not outlive this iteration.
             let data = unsafe { core::slice::from_raw_parts(buf, len) };
-            let nbuf = u16::from_le_bytes([
-                data.get(10).copied().unwrap_or(1),
-                data.get(11).copied().unwrap_or(0),
-            ]);
-            if len < HDR_LEN || (self.mrg_rxbuf && nbuf > 1) {
+            let nbuf = if self.mrg_rxbuf && len >= HDR_LEN {
+                u16::from_le_bytes([data[10], data[11]])
+            } else {
+                1
+            };
+            if len < HDR_LEN || nbuf > 1 {
                 self.stats.rx_bad += 1;
-                if self.mrg_rxbuf && nbuf > 1 {
-                    extra = nbuf - 1;
-                }
+                extra = nbuf.saturating_sub(1);
             } else {
                 self.stats.rx += 1;
                 f(self, &data[HDR_LEN..]);
             }
             self.rx.push_avail(id);
         }
-        // Finish a merged frame cut by the budget so the next call starts on a frame boundary.
+        // Finish a merged frame cut by the budget so the next call starts on a frame boundary
+        // (the device publishes all buffers of a frame at once).
         while extra > 0 {
-            if let Some((id, _)) = self.rx.pop_used() {
-                extra -= 1;
-                self.rx.push_avail(id);
+            if self.rx.last_used == used {
+                used = self.rx.used_idx();
+                continue;
             }
+            let (id, _) = self.rx.take_used();
+            extra -= 1;
+            self.rx.push_avail(id);
         }
         if pushed && self.rx.publish() {
             self.stats.kicks += 1;
