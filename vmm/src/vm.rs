@@ -426,3 +426,7 @@ fn ending_of(ev: VmEvent) -> Ending {
         VmEvent::CtlStop => Ending::Stopped("vmm stop".into()),
     }
 }
+
+#[cfg(test)]
+#[path = "vm_tests.rs"]
+mod tests;

@@ -260,11 +260,12 @@ pub fn load_elf_bytes(mem: &GuestMemoryMmap, image: &[u8]) -> Result<u64, BootEr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vm_memory::ByteValued;
 
-    fn tiny_elf(paddr: u64, code: &[u8], bss: u64) -> Vec<u8> {
+    /// A one-segment ELF64 with `code` at `paddr` (entry = paddr).
+    pub(crate) fn tiny_elf(paddr: u64, code: &[u8], bss: u64) -> Vec<u8> {
         let mut f = vec![0u8; 0x78];
         f[0..4].copy_from_slice(b"\x7fELF");
         f[4] = 2;
