@@ -252,6 +252,9 @@ impl RxSide {
     }
 }
 
+/// A finished direction: its name, generator and sink state.
+type Direction = (String, TxSide, RxSide);
+
 /// Two attached ports: port 0 on `--tx`, port 1 on `--rx`.
 pub struct Session {
     ports: [VhostUserPort; 2],
@@ -352,7 +355,7 @@ impl Session {
         Ok(summarize(elapsed, &dirs))
     }
 
-    fn run_single(&mut self, cfg: &TrialConfig) -> (f64, Vec<(String, TxSide, RxSide)>) {
+    fn run_single(&mut self, cfg: &TrialConfig) -> (f64, Vec<Direction>) {
         let n_dirs = if cfg.bidir { 2 } else { 1 };
         let mut tx: Vec<TxSide> = (0..n_dirs)
             .map(|d| {
@@ -448,7 +451,7 @@ impl Session {
     fn run_split(
         &mut self,
         cfg: &TrialConfig,
-    ) -> Result<(f64, Vec<(String, TxSide, RxSide)>), RunError> {
+    ) -> Result<(f64, Vec<Direction>), RunError> {
         let tag = self.trials;
         let mut tx = TxSide::new(
             cfg.size,
