@@ -12,6 +12,7 @@
 #   sy.run="CMD ARGS"   command run by /bin/sh after the ready marker; then the guest powers off
 #                       (without sy.run: an interactive shell on the console)
 #   sy.quiet=1          no module/interface chatter
+# The image also has `sy-pktgen DEV DST_MAC COUNT [SIZE] [DST_IP]` (the kernel's pktgen) and iperf3.
 # Console markers: `SWITCHYARD-READY ...` when configured, `SWITCHYARD-EXIT=<status>` at the end.
 #
 # Idempotent: does nothing when OUTDIR already holds an image built by this version of the script.
@@ -197,6 +198,27 @@ sync
 poweroff -f
 EOF
 chmod 0755 "$root/init"
+
+# sy-pktgen: the kernel's packet generator on one interface, for measurements from inside a guest.
+cat >"$root/bin/sy-pktgen" <<'EOF'
+#!/bin/sh
+# sy-pktgen DEV DST_MAC COUNT [SIZE] [DST_IP]: sends COUNT frames of SIZE bytes (default 64) with
+# the kernel's pktgen from DEV, then prints pktgen's result line.
+[ $# -ge 3 ] || { echo "usage: sy-pktgen DEV DST_MAC COUNT [SIZE] [DST_IP]" >&2; exit 2; }
+dev=$1 mac=$2 count=$3 size=${4:-64} ip=${5:-10.0.0.254}
+pg() { echo "$2" >"/proc/net/pktgen/$1" || { echo "sy-pktgen: '$2' rejected by $1" >&2; exit 1; }; }
+[ -d /proc/net/pktgen ] || { echo "sy-pktgen: pktgen is not loaded" >&2; exit 1; }
+pg kpktgend_0 "rem_device_all"
+pg kpktgend_0 "add_device $dev"
+pg "$dev" "count $count"
+pg "$dev" "pkt_size $((size - 4))"
+pg "$dev" "delay 0"
+pg "$dev" "dst $ip"
+pg "$dev" "dst_mac $mac"
+pg pgctrl "start"
+grep -A2 "^Result" "/proc/net/pktgen/$dev"
+EOF
+chmod 0755 "$root/bin/sy-pktgen"
 
 log "packing initramfs"
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio -o -0 -H newc --quiet -R 0:0) |
