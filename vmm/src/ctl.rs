@@ -110,7 +110,18 @@ impl CtlServer {
         events: Sender<VmEvent>,
         quit: Arc<AtomicBool>,
     ) -> Result<Self, CtlError> {
-        let dir = run_dir();
+        Self::start_in(&run_dir(), name, info, events, quit)
+    }
+
+    /// `start` in an explicit run directory.
+    pub fn start_in(
+        dir: &Path,
+        name: &str,
+        info: Box<dyn Fn() -> VmInfo + Send>,
+        events: Sender<VmEvent>,
+        quit: Arc<AtomicBool>,
+    ) -> Result<Self, CtlError> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| CtlError::RunDir(dir.clone(), e))?;
         let path = socket_path(&dir, name);
         if path.exists() {
@@ -167,8 +178,8 @@ fn serve(
     writeln!(w, "{reply}")
 }
 
-fn request(name: &str, req: &str) -> Result<String, CtlError> {
-    let path = socket_path(&run_dir(), name);
+fn request(dir: &Path, name: &str, req: &str) -> Result<String, CtlError> {
+    let path = socket_path(dir, name);
     let s = UnixStream::connect(&path).map_err(|e| {
         if matches!(
             e.kind(),
@@ -192,14 +203,19 @@ fn request(name: &str, req: &str) -> Result<String, CtlError> {
 
 /// `vmm info NAME`.
 pub fn info(name: &str) -> Result<VmInfo, CtlError> {
-    let line = request(name, "info")?;
+    info_in(&run_dir(), name)
+}
+
+fn info_in(dir: &Path, name: &str) -> Result<VmInfo, CtlError> {
+    let line = request(dir, name, "info")?;
     serde_json::from_str(&line).map_err(|e| CtlError::BadReply(name.into(), e))
 }
 
 /// `vmm stop NAME`: asks the VM to stop and waits for its socket to go away.
 pub fn stop(name: &str) -> Result<(), CtlError> {
-    request(name, "stop")?;
-    let path = socket_path(&run_dir(), name);
+    let dir = run_dir();
+    request(&dir, name, "stop")?;
+    let path = socket_path(&dir, name);
     for _ in 0..100 {
         if !path.exists() {
             return Ok(());
@@ -211,7 +227,10 @@ pub fn stop(name: &str) -> Result<(), CtlError> {
 
 /// `vmm list`: every VM whose socket answers; stale sockets are removed.
 pub fn list() -> Vec<VmInfo> {
-    let dir = run_dir();
+    list_in(&run_dir())
+}
+
+fn list_in(dir: &Path) -> Vec<VmInfo> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return out;
@@ -227,10 +246,10 @@ pub fn list() -> Vec<VmInfo> {
         .collect();
     names.sort();
     for name in names {
-        match info(&name) {
+        match info_in(dir, &name) {
             Ok(i) => out.push(i),
             Err(CtlError::NoSuchVm(_)) => {
-                let _ = std::fs::remove_file(socket_path(&dir, &name));
+                let _ = std::fs::remove_file(socket_path(dir, &name));
             }
             Err(_) => {}
         }
@@ -265,7 +284,6 @@ mod tests {
     #[test]
     fn serve_info_and_stop_over_a_socket() {
         let dir = std::env::temp_dir().join(format!("vmm-ctl-test-{}", std::process::id()));
-        std::env::set_var("SWITCHYARD_VMM_RUN_DIR", &dir);
         let (tx, rx) = std::sync::mpsc::channel();
         let quit = Arc::new(AtomicBool::new(false));
         let vi = VmInfo {
@@ -280,7 +298,8 @@ mod tests {
             nics: vec![],
         };
         let vi2 = vi.clone();
-        let server = CtlServer::start(
+        let server = CtlServer::start_in(
+            &dir,
             "t1",
             Box::new(move || vi2.clone()),
             tx.clone(),
@@ -288,22 +307,22 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            CtlServer::start("t1", Box::new(|| unreachable!()), tx, quit.clone()),
+            CtlServer::start_in(&dir, "t1", Box::new(|| unreachable!()), tx, quit.clone()),
             Err(CtlError::NameTaken(_))
         ));
-        assert_eq!(info("t1").unwrap(), vi);
-        let l = list();
+        assert_eq!(info_in(&dir, "t1").unwrap(), vi);
+        let l = list_in(&dir);
         assert_eq!(l.len(), 1);
         assert!(format_list(&l).contains("t1"));
-        assert!(matches!(info("nope"), Err(CtlError::NoSuchVm(_))));
-        request("t1", "stop").unwrap();
+        assert!(matches!(info_in(&dir, "nope"), Err(CtlError::NoSuchVm(_))));
+        request(&dir, "t1", "stop").unwrap();
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(2)).unwrap(),
             VmEvent::CtlStop
         );
         drop(server);
         quit.store(true, Ordering::Relaxed);
-        assert!(list().is_empty());
+        assert!(list_in(&dir).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -38,19 +38,18 @@ pub const F_INDIRECT_DESC: u64 = 1 << 28;
 pub const F_EVENT_IDX: u64 = 1 << 29;
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Backend features the VMM lets through to the guest (the device side adds MAC and STATUS).
-pub const PASSTHROUGH: u64 = F_MRG_RXBUF | F_MQ | F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1;
+/// MQ is not among them: the device has no control queue, and Linux refuses MQ without
+/// CTRL_VQ, so guests use one queue pair (the other pairs' registers exist for drivers that
+/// set them up anyway).
+pub const PASSTHROUGH: u64 = F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1;
 
 const S_DRIVER_OK: u8 = 4;
 const S_FEATURES_OK: u8 = 8;
 const S_FAILED: u8 = 0x80;
 
 /// The features offered to the guest for a backend offering `backend` with `pairs` queue pairs.
-pub fn offered_features(backend: u64, pairs: u16) -> u64 {
-    let mut f = (backend & PASSTHROUGH) | F_VERSION_1 | F_MAC | F_STATUS;
-    if pairs <= 1 {
-        f &= !F_MQ;
-    }
-    f
+pub fn offered_features(backend: u64, _pairs: u16) -> u64 {
+    (backend & PASSTHROUGH) | F_VERSION_1 | F_MAC | F_STATUS
 }
 
 /// Per-queue state.
