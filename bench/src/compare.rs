@@ -164,6 +164,7 @@ fn default_vswitch() -> PathBuf {
 
 #[derive(Default, Clone)]
 struct Acc {
+    page_kib: usize,
     rx: Vec<f64>,
     gbps: Vec<f64>,
     loss: Vec<f64>,
@@ -187,6 +188,8 @@ fn measure_once(
         connect_timeout: Duration::from_secs(10),
     };
     let mut session = Session::attach(&attach).map_err(|e| chain(&e))?;
+    let page_kib = session.ports()[0].memory().page_size().kib();
+    acc.iter_mut().for_each(|a| a.page_kib = page_kib);
     // Let the switch settle (port enable, PMD reload) before measuring.
     session.drain_for(Duration::from_millis(500));
     for (i, &size) in a.sizes.0.iter().enumerate() {
@@ -334,7 +337,11 @@ pub fn compare(a: &CompareArgs) -> Result<(), CompareError> {
         samples: a.samples.max(1),
         latency_rate: a.latency_rate,
         pmd_core: a.pmd_core,
-        machine: Machine::probe(Some(a.gen_core), None, 2048),
+        machine: Machine::probe(
+            Some(a.gen_core),
+            None,
+            acc.iter().flatten().map(|c| c.page_kib).max().unwrap_or(0),
+        ),
         switches: statuses,
         results,
         ratios,

@@ -262,7 +262,8 @@ pub struct Session {
     trials: u16,
 }
 
-fn check_core(core: Option<usize>) -> Result<(), RunError> {
+/// Fails with a clear error when `core` is not a core of this machine.
+pub fn check_core(core: Option<usize>) -> Result<(), RunError> {
     if let Some(c) = core {
         let count = core_affinity::get_core_ids().map(|v| v.len()).unwrap_or(0);
         if c >= count {
@@ -448,10 +449,7 @@ impl Session {
         (elapsed, dirs)
     }
 
-    fn run_split(
-        &mut self,
-        cfg: &TrialConfig,
-    ) -> Result<(f64, Vec<Direction>), RunError> {
+    fn run_split(&mut self, cfg: &TrialConfig) -> Result<(f64, Vec<Direction>), RunError> {
         let tag = self.trials;
         let mut tx = TxSide::new(
             cfg.size,

@@ -50,6 +50,9 @@ struct PortArgs {
     /// when 2M pages are not free).
     #[arg(long, default_value = "2M")]
     hugepages: String,
+    /// Fail, saying how to reserve them, instead of falling back when hugepages are not free.
+    #[arg(long)]
+    require_hugepages: bool,
     /// Seconds to wait for the switch's sockets.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -63,9 +66,19 @@ struct PortArgs {
 
 impl PortArgs {
     fn attach(&self) -> Result<AttachConfig, String> {
+        for core in [self.tx_core, self.rx_core] {
+            bench::run::check_core(core).map_err(|e| e.to_string())?;
+        }
         let huge = match self.hugepages.to_ascii_lowercase().as_str() {
             "none" | "no" | "4k" => HugePolicy::Never,
-            s => HugePolicy::Prefer(s.parse::<PageSize>().map_err(|e| e.to_string())?),
+            s => {
+                let page = s.parse::<PageSize>().map_err(|e| e.to_string())?;
+                if self.require_hugepages {
+                    HugePolicy::Require(page)
+                } else {
+                    HugePolicy::Prefer(page)
+                }
+            }
         };
         Ok(AttachConfig {
             tx_socket: self.tx.clone(),
