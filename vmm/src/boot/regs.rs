@@ -159,8 +159,7 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64, rsi: u64, rsp: u64) -> Result<
 
 /// CPUID.1:ECX bits hidden from guests under an instruction emulator (PVM): CMPXCHG16B,
 /// XSAVE/OSXSAVE and AVX, which KVM's emulator cannot run. Measured on PVM: CMPXCHG16B and
-/// OSXSAVE disappear, XSAVE and AVX stay visible (so the VMM also adds `noxsave` to a Linux
-/// command line there).
+/// OSXSAVE disappear, XSAVE and AVX stay visible (`noxsave` on a Linux command line helps).
 pub const EMULATOR_HIDDEN_LEAF1_ECX: u32 = (1 << 13) | (1 << 26) | (1 << 27) | (1 << 28);
 /// CPUID.7.0:EBX bits hidden under an emulator: AVX2, AVX-512 F/DQ/CD/BW/VL.
 pub const EMULATOR_HIDDEN_LEAF7_EBX: u32 =
