@@ -420,6 +420,11 @@ extern "C" fn guest_main(info: u64, kind: u64) -> ! {
     print(tsc_src);
     print(b")\n");
 
+    let len = net::build_gratuitous_arp(&mut ep.scratch, &ep.me);
+    if ep.transmit(&mut net, len) {
+        ep.c.arp_tx += 1;
+    }
+
     let mut ok = true;
     if let Some(ip) = cfg.ping {
         ok &= ping(&mut net, &mut ep, &cfg, per_ms, ip) == cfg.count;

@@ -318,6 +318,12 @@ pub fn build_arp_request(out: &mut [u8], me: &Identity, ip: &Ip) -> usize {
     build_arp(out, 1, me, &BROADCAST, &[0; 6], ip)
 }
 
+/// A gratuitous ARP (a broadcast request for our own address) announcing our MAC, as an OS
+/// sends on link up, so switches learn where we are before anyone asks.
+pub fn build_gratuitous_arp(out: &mut [u8], me: &Identity) -> usize {
+    build_arp(out, 1, me, &BROADCAST, &[0; 6], &me.ip)
+}
+
 fn handle_ipv4(me: &Identity, frame: &[u8], out: &mut [u8]) -> Event {
     let ip = &frame[ETH_HLEN..];
     if ip.len() < IP_HLEN || ip[0] >> 4 != 4 {

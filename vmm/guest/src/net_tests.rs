@@ -139,3 +139,17 @@ fn test_frames_and_numbers() {
     assert_eq!(fmt_u64(&mut buf, 0), b"0");
     assert_eq!(fmt_u64(&mut buf, u64::MAX), b"18446744073709551615");
 }
+
+#[test]
+fn gratuitous_arp_announces_without_asking_anyone() {
+    let mut f = [0u8; 64];
+    let len = build_gratuitous_arp(&mut f, &A);
+    assert_eq!(len, 60);
+    assert_eq!(&f[0..6], &BROADCAST);
+    assert_eq!(&f[22..28], &A.mac); // sender hardware address
+    assert_eq!(&f[28..32], &A.ip); // sender IP
+    assert_eq!(&f[38..42], &A.ip); // target IP: our own
+    let mut out = [0u8; 64];
+    // Others do not answer it; we would (it asks for our address), which is harmless.
+    assert_eq!(handle_frame(&B, &f[..len], &mut out), Event::Ignored);
+}
