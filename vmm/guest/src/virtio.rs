@@ -76,6 +76,7 @@ pub enum InitError {
     NoNotifyCfg,
     NoVersion1,
     FeaturesRejected,
+    BarNotMapped,
     QueueUnavailable,
 }
 
@@ -86,6 +87,7 @@ impl InitError {
             InitError::NoNotifyCfg => b"no virtio notify capability",
             InitError::NoVersion1 => b"device does not offer VIRTIO_F_VERSION_1",
             InitError::FeaturesRejected => b"device did not accept our features (FEATURES_OK)",
+            InitError::BarNotMapped => b"a virtio structure lies above 4 GiB (not identity-mapped)",
             InitError::QueueUnavailable => b"a queue has size 0",
         }
     }
@@ -213,6 +215,16 @@ impl Net {
         }
         if caps.notify.addr == 0 {
             return Err(InitError::NoNotifyCfg);
+        }
+        // Only 0..4 GiB is identity-mapped (CONTRACT.md, and the PVH entry's own tables).
+        let regions = [
+            caps.common.addr,
+            caps.notify.addr,
+            caps.device.addr,
+            caps.msix_table,
+        ];
+        if regions.iter().any(|&a| a >= 0x1_0000_0000) {
+            return Err(InitError::BarNotMapped);
         }
         let c = caps.common.addr;
         // Memory space + bus master.
