@@ -337,3 +337,7 @@ mod tests {
         assert!(contiguous(&gap).is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "vhost_user_tests.rs"]
+mod switch_tests;
