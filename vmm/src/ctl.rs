@@ -232,7 +232,7 @@ pub fn list() -> Vec<VmInfo> {
 
 fn list_in(dir: &Path) -> Vec<VmInfo> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
     let mut names: Vec<String> = entries

@@ -396,6 +396,11 @@ impl VirtioNet {
         {
             match self.hub.register_irqfd(&self.fds[q].call, gsi) {
                 Ok(()) => {
+                    tracing::debug!(
+                        queue = q,
+                        gsi,
+                        "virtio-net: call eventfd bound to MSI-X route"
+                    );
                     self.irqfds.insert((q, gsi));
                 }
                 Err(e) => tracing::warn!("virtio-net: {e}"),
