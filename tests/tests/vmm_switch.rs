@@ -94,9 +94,17 @@ impl Vm {
 
     fn stop(mut self) {
         let out = self.ctl(&["stop", &self.name]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(self.wait_exit(15), Some(0));
-        assert!(self.stderr().contains("stopped (vmm stop)"), "{}", self.stderr());
+        assert!(
+            self.stderr().contains("stopped (vmm stop)"),
+            "{}",
+            self.stderr()
+        );
     }
 }
 
@@ -108,7 +116,9 @@ fn start_vm(s: &Scratch, name: &str, net: &str, cmdline: &str) -> Vm {
     let run_dir = s.path("run");
     let child = KillOnDrop::spawn(
         Command::new(bin_path("vmm"))
-            .args(["run", "--guest", "net", "--mem", "64M", "--name", name, "--net", net])
+            .args([
+                "run", "--guest", "net", "--mem", "64M", "--name", name, "--net", net,
+            ])
             .arg("--cmdline")
             .arg(cmdline)
             .arg("--console")
@@ -174,7 +184,11 @@ fn probe(s: &Scratch, p: &str, n: u8, peer: u8) {
     );
     let code = vm.wait_exit(60);
     assert_eq!(code, Some(0), "{name}: {}\n{}", vm.console(), vm.stderr());
-    assert!(vm.console().contains("ping: 3/3 replies"), "{}", vm.console());
+    assert!(
+        vm.console().contains("ping: 3/3 replies"),
+        "{}",
+        vm.console()
+    );
 }
 
 #[test]
@@ -194,7 +208,10 @@ fn guests_ping_each_other_through_vswitch_and_survive_leaving_and_rejoining() {
     // vmm list / info see both, with the NIC handed to the switch.
     let out = b.ctl(&["list"]);
     let list = String::from_utf8_lossy(&out.stdout);
-    assert!(list.contains("NAME") && list.contains("\na ") && list.contains("\nb "), "{list}");
+    assert!(
+        list.contains("NAME") && list.contains("\na ") && list.contains("\nb "),
+        "{list}"
+    );
     let info: serde_json::Value = serde_json::from_slice(&b.ctl(&["info", "b"]).stdout).unwrap();
     assert_eq!(info["vcpus"], 1);
     assert_eq!(info["memory_mib"], 64);
@@ -261,9 +278,23 @@ fn server_mode_nic_with_the_switch_as_client() {
         &format!("{},server,mac={}", port(&s, "c1"), mac(1)),
         "ip=10.0.0.1 linger=forever",
     );
-    let _sw = start_switch(&s, "vswitch", &["p2"], &["c1"]);
+    let sw = start_switch(&s, "vswitch", &["p2"], &["c1"]);
     a.wait_console("switchyard-guest: ready", 30);
     probe(&s, "p2", 2, 1);
+    // The switch restarts: vmm listens again and the switch's client port comes back.
+    drop(sw);
+    let _ = std::fs::remove_file(s.path("p2.sock"));
+    let _sw = start_switch(&s, "vswitch2", &["p2"], &["c1"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || a
+            .stderr()
+            .matches("datapath handed to the switch")
+            .count()
+            >= 2),
+        "no replay in server mode:\n{}",
+        a.stderr()
+    );
+    probe(&s, "p2", 3, 1);
     // SIGTERM stops the VM cleanly and removes its socket.
     // SAFETY: kill() on our own child's pid.
     unsafe { libc::kill(a.child.0.id() as i32, libc::SIGTERM) };
