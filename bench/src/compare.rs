@@ -171,13 +171,15 @@ struct Acc {
     latency: Option<LatencySummary>,
 }
 
+/// Measures every size once; results are added to `acc_out` only when all trials succeeded.
 fn measure_once(
     kind: SwitchKind,
     a: &CompareArgs,
     peer: &PeerConfig,
     with_latency: bool,
-    acc: &mut [Acc],
+    acc_out: &mut [Acc],
 ) -> Result<(), String> {
+    let mut acc = acc_out.to_vec();
     let running = peers::start(kind, peer).map_err(|e| chain(&e))?;
     let attach = AttachConfig {
         tx_socket: running.sock0.clone(),
@@ -242,6 +244,7 @@ fn measure_once(
     }
     drop(session);
     drop(running);
+    acc_out.clone_from_slice(&acc);
     Ok(())
 }
 
@@ -301,7 +304,14 @@ pub fn compare(a: &CompareArgs) -> Result<(), CompareError> {
                 continue;
             }
             let ki = kinds.iter().position(|&x| x == k).unwrap();
-            if let Err(e) = measure_once(k, a, &peer, sample == 0, &mut acc[ki]) {
+            let mut outcome = measure_once(k, a, &peer, sample == 0, &mut acc[ki]);
+            if let Err(e) = &outcome {
+                // One retry: a busy machine can make a start-up miss its deadline.
+                eprintln!("  {} failed ({e}); retrying once", k.name());
+                std::thread::sleep(Duration::from_secs(1));
+                outcome = measure_once(k, a, &peer, sample == 0, &mut acc[ki]);
+            }
+            if let Err(e) = outcome {
                 eprintln!("  {} failed: {e}", k.name());
                 live.retain(|&x| x != k);
                 if let Some(s) = statuses.iter_mut().find(|s| s.name == k.name()) {

@@ -53,7 +53,7 @@ pub enum PeerError {
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     /// The ports' sockets did not appear.
-    #[error("{switch} did not create its vhost-user sockets within {secs} s (log: {log})")]
+    #[error("{switch} did not create its vhost-user sockets within {secs} s; its log ends: {log}")]
     NoSockets {
         switch: &'static str,
         secs: u64,
@@ -200,9 +200,10 @@ fn wait_sockets(r: &mut Running, secs: u64, log: &Path) -> Result<(), PeerError>
         }
         for c in r.children.iter_mut() {
             if let Ok(Some(status)) = c.try_wait() {
+                // The directory goes away with `r`: quote the log's end in the error.
                 return Err(PeerError::Command {
                     what: format!("{} ({status})", r.kind.name()),
-                    detail: format!("exited early, see {}", log.display()),
+                    detail: format!("exited early; its log ends: {}", tail(log, 6)),
                 });
             }
         }
@@ -211,8 +212,16 @@ fn wait_sockets(r: &mut Running, secs: u64, log: &Path) -> Result<(), PeerError>
     Err(PeerError::NoSockets {
         switch: r.kind.name(),
         secs,
-        log: log.display().to_string(),
+        log: tail(log, 6),
     })
+}
+
+/// The last `n` non-empty lines of a log file, joined with " | ".
+fn tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join(" | ")
 }
 
 /// Starts a switch and waits for its sockets.
