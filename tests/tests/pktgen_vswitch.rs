@@ -10,25 +10,31 @@ use switchyard_tests::{bin_path, skip_unless, wait_until, KillOnDrop, Scratch};
 
 /// Starts vswitch with two server-mode vhost-user ports p0 and p1 and one PMD.
 fn start_switch(s: &Scratch) -> KillOnDrop {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let pmd = if cores > 1 { "1" } else { "0" };
-    let child = KillOnDrop::spawn(
-        Command::new(bin_path("vswitch"))
-            .args(["run", "--pmd-cores", pmd, "--ctl"])
-            .arg(s.path("ctl"))
-            .arg("--vhost-user")
-            .arg(format!("p0:{}", s.path("p0.sock").display()))
-            .arg("--vhost-user")
-            .arg(format!("p1:{}", s.path("p1.sock").display())),
-    );
+    let child = spawn_switch(s, "--vhost-user");
     assert!(
         wait_until(Duration::from_secs(10), || s.path("p0.sock").exists()
             && s.path("p1.sock").exists()),
         "vswitch did not create its sockets"
     );
     child
+}
+
+/// Starts vswitch with ports p0 and p1 given by `port_flag` (`--vhost-user` or
+/// `--vhost-user-client`).
+fn spawn_switch(s: &Scratch, port_flag: &str) -> KillOnDrop {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let pmd = if cores > 1 { "1" } else { "0" };
+    KillOnDrop::spawn(
+        Command::new(bin_path("vswitch"))
+            .args(["run", "--pmd-cores", pmd, "--ctl"])
+            .arg(s.path("ctl"))
+            .arg(port_flag)
+            .arg(format!("p0:{}", s.path("p0.sock").display()))
+            .arg(port_flag)
+            .arg(format!("p1:{}", s.path("p1.sock").display())),
+    )
 }
 
 /// Runs `pktgen run` with `args` and returns its JSON report.
@@ -172,4 +178,36 @@ fn pktgen_counts_loss_when_the_sink_stops_draining() {
         lost,
         "switch drops vs pktgen loss: {p1} / {d}"
     );
+}
+
+#[test]
+fn pktgen_listens_for_a_client_mode_vswitch() {
+    if skip_unless(
+        switchyard_tests::is_root(),
+        "needs root (hugepages, pinning)",
+    ) {
+        return;
+    }
+    let s = Scratch::new("pktgen-listen");
+    // The switch connects to sockets pktgen listens on, retrying every second.
+    let _switch = spawn_switch(&s, "--vhost-user-client");
+    let r = pktgen(
+        &s,
+        "listen.json",
+        &[
+            "--listen",
+            "--connect-timeout",
+            "15s",
+            "--rate",
+            "5kpps",
+            "--duration",
+            "1s",
+            "--queue-size",
+            "4096",
+        ],
+    );
+    let d = &r["result"]["directions"][0];
+    assert!(u(d, "tx_frames") >= 4000, "{d}");
+    assert_eq!(u(d, "lost"), 0, "{d}");
+    assert_eq!(u(d, "corrupted"), 0, "{d}");
 }
