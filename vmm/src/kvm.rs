@@ -74,7 +74,8 @@ pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, KvmError> {
         userspace_addr: ram.host_base(),
     };
     // SAFETY: the region maps [host_base, host_base + size), which stays mapped for as long as
-    // `ram` lives; the caller keeps `ram` alive until the VM fd is dropped (both live in `Vm`).
+    // `ram` lives; `vm::run` creates `ram` before the VM fd and every holder of it, so the
+    // mapping outlives the VM; the slot covers exactly the mapping.
     unsafe { vm.set_user_memory_region(region) }.map_err(KvmError::SetMemory)?;
     Ok(vm)
 }

@@ -24,8 +24,10 @@ pub enum MemoryError {
 
 /// Guest RAM, mapped at GPA 0.
 pub struct GuestRam {
-    shm: SharedMemory,
+    // Field order: the vm-memory view (which does not own the mapping) goes before the
+    // shared memory that owns it.
     mem: GuestMemoryMmap,
+    shm: SharedMemory,
 }
 
 impl GuestRam {
@@ -36,8 +38,8 @@ impl GuestRam {
         }
         let shm = SharedMemory::new(name, size as usize, policy).map_err(MemoryError::Create)?;
         // SAFETY: the mapping [as_ptr, as_ptr+len) is valid for the lifetime of `shm`, which
-        // lives in the same struct as `mem` and is dropped after it (field order); the
-        // region is shared read-write as vm-memory expects for these prot/flags.
+        // lives in the same struct as `mem` and is dropped after it (field order); a raw
+        // region does not unmap on drop; the mapping is shared read-write, matching prot/flags.
         let region = unsafe {
             MmapRegion::build_raw(
                 shm.as_ptr(),
