@@ -292,6 +292,9 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
         workers.push((h, tx, ep));
         nic_info.push((spec.clone(), mac, status));
     }
+    if matches!(cfg.console, Console::Stdout) {
+        crate::devices::serial::spawn_stdin_feeder(serial.clone());
+    }
     let bus = Arc::new(IoBus {
         serial,
         pci: Arc::new(Mutex::new(pci)),

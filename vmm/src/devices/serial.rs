@@ -92,6 +92,41 @@ impl SerialPort {
     pub fn write(&mut self, offset: u8, value: u8) {
         let _ = self.uart.write(offset, value);
     }
+
+    /// Queues console input for the guest; returns how many bytes fit in the FIFO.
+    pub fn input(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.uart.fifo_capacity());
+        self.uart.enqueue_raw_bytes(&bytes[..n]).unwrap_or(0)
+    }
+}
+
+/// Feeds our stdin to the guest's COM1 while stdin is a terminal (an interactive Linux shell);
+/// does nothing otherwise (tests, scripts, background runs).
+pub fn spawn_stdin_feeder(serial: SharedSerial) {
+    // SAFETY: isatty only inspects file descriptor 0.
+    if unsafe { libc::isatty(0) } != 1 {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("vmm-stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let put = serial.lock().unwrap().input(rest);
+                    rest = &rest[put..];
+                    if put == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        });
 }
 
 /// Shared handle used by the vCPU threads.
@@ -131,5 +166,11 @@ mod tests {
         port.write(0, b'\n');
         assert!(first.get().is_some());
         assert_eq!(&*buf.lock().unwrap(), b"hi\n");
+        // Input: LSR data-ready, then RBR.
+        assert_eq!(port.input(b"ab"), 2);
+        assert_ne!(port.read(5) & 1, 0);
+        assert_eq!(port.read(0), b'a');
+        assert_eq!(port.read(0), b'b');
+        assert_eq!(port.read(5) & 1, 0);
     }
 }
