@@ -163,7 +163,7 @@ pub enum SetupError {
     #[error("the backend supports {supported} queues, {wanted} were asked for")]
     TooManyQueues { wanted: usize, supported: u64 },
     /// SET_MEM_TABLE failed.
-    #[error("the backend rejected the memory table ({regions} regions)")]
+    #[error("the backend rejected the memory table with {regions} region(s)")]
     SetMemTable {
         regions: usize,
         #[source]
@@ -392,3 +392,7 @@ pub fn connect(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "vhost_setup_tests.rs"]
+mod tests;
