@@ -317,6 +317,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn bzimage_setup_header_is_kept_and_loader_fields_set() {
+        let hdr = setup_header {
+            setup_sects: 27,
+            header: 0x5372_6448,
+            version: 0x020f,
+            init_size: 0x1234_000,
+            kernel_alignment: 0x20_0000,
+            xloadflags: 0x7f,
+            ..Default::default()
+        };
+        let p = boot_params_for(Some(hdr), 512 << 20, None);
+        assert_eq!(p.hdr.setup_sects, 27);
+        assert_eq!({ p.hdr.version }, 0x020f);
+        assert_eq!({ p.hdr.init_size }, 0x1234_000);
+        assert_eq!({ p.hdr.kernel_alignment }, 0x20_0000);
+        assert_eq!(p.hdr.type_of_loader, 0xff);
+        assert_eq!(p.hdr.loadflags & 0x81, 0x81);
+        assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE as u32);
+        assert_eq!({ p.hdr.ramdisk_image }, 0);
+        assert_eq!(p.e820_entries, 3);
+    }
+
+    #[test]
+    fn initrd_goes_high_and_page_aligned() {
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let dir = std::env::temp_dir().join(format!("vmm-initrd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("initrd");
+        std::fs::write(&f, vec![0x5a; 10_000]).unwrap();
+        let (addr, size) = load_initrd(&m, 64 << 20, &f).unwrap();
+        assert_eq!(size, 10_000);
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + size <= 64 << 20 && addr + size > (64 << 20) - 8192);
+        let b: u8 = m.read_obj(GuestAddress(addr + 9_999)).unwrap();
+        assert_eq!(b, 0x5a);
+        std::fs::write(&f, vec![0; 60 << 20]).unwrap();
+        assert!(matches!(
+            load_initrd(&m, 64 << 20, &f),
+            Err(BootError::InitrdTooBig(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn builtin_guest_elf_is_loaded_at_paddr_with_bss_zeroed() {
         let m = mem();
         m.write_slice(&[0xAAu8; 64], GuestAddress(0x20_0004))
