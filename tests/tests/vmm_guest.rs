@@ -44,12 +44,24 @@ fn builtin_guest_boots_to_its_ready_line_and_exits_cleanly() {
     }
     let s = Scratch::new("vmm-guest-boot");
     let (code, console, err) = run_guest(&s, "boot", "ip=10.0.0.7");
-    assert!(console.contains("switchyard-guest: boot"), "console: {console}\nstderr: {err}");
-    assert!(console.contains("switchyard-guest: ready ip=10.0.0.7 nic=none"), "{console}");
+    assert!(
+        console.contains("switchyard-guest: boot"),
+        "console: {console}\nstderr: {err}"
+    );
+    assert!(
+        console.contains("switchyard-guest: ready ip=10.0.0.7 nic=none"),
+        "{console}"
+    );
     assert_eq!(code, Some(0), "stderr: {err}");
-    assert!(err.contains("guest exited through port 0x501: exit status 0"), "{err}");
+    assert!(
+        err.contains("guest exited through port 0x501: exit status 0"),
+        "{err}"
+    );
     assert!(err.contains("first console line after"), "{err}");
-    assert!(err.contains("KVM exits:") && err.contains("io-out"), "{err}");
+    assert!(
+        err.contains("KVM exits:") && err.contains("io-out"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -58,12 +58,17 @@ fn debian_kernel_boots_to_ready_and_pings_a_builtin_guest() {
     let console = s.path("linux.console");
     let mut linux = KillOnDrop::spawn(
         Command::new(bin_path("vmm"))
-            .args(["run", "--name", "linux", "--mem", "512M", "--cpus", "2", "--kernel"])
+            .args([
+                "run", "--name", "linux", "--mem", "512M", "--cpus", "2", "--kernel",
+            ])
             .arg(img.join("vmlinuz"))
             .arg("--initrd")
             .arg(img.join("initramfs.cpio.gz"))
             .arg("--net")
-            .arg(format!("vhost-user:{},mac=52:54:00:00:00:09", sock("p2").display()))
+            .arg(format!(
+                "vhost-user:{},mac=52:54:00:00:00:09",
+                sock("p2").display()
+            ))
             .args([
                 "--cmdline",
                 "console=ttyS0 reboot=k panic=-1 sy.ip=10.0.0.9/24 sy.run=\"ping -c 3 10.0.0.1\"",
@@ -76,13 +81,15 @@ fn debian_kernel_boots_to_ready_and_pings_a_builtin_guest() {
     );
     let read = || std::fs::read_to_string(&console).unwrap_or_default();
     assert!(
-        wait_until(Duration::from_secs(300), || read().contains("SWITCHYARD-READY")),
+        wait_until(Duration::from_secs(300), || read()
+            .contains("SWITCHYARD-READY")),
         "no ready marker:\n{}\n{}",
         read(),
         std::fs::read_to_string(s.path("linux.err")).unwrap_or_default()
     );
     assert!(
-        wait_until(Duration::from_secs(120), || read().contains("SWITCHYARD-EXIT=")),
+        wait_until(Duration::from_secs(120), || read()
+            .contains("SWITCHYARD-EXIT=")),
         "{}",
         read()
     );
