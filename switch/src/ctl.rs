@@ -45,6 +45,9 @@ pub enum Request {
         port: Option<String>,
     },
     ClearStats,
+    Rings {
+        port: String,
+    },
     PmdRxq,
     PmdStats,
     ClearPmdStats,
@@ -302,6 +305,13 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
             core.clear_stats();
             Response::ok(serde_json::Value::Null, "port counters cleared\n".into())
         }
+        Request::Rings { port } => match core.rings(&port) {
+            Ok(rows) => {
+                let text = crate::render::rings_table(&rows);
+                Response::ok(rows, text)
+            }
+            Err(e) => Response::err(e),
+        },
         Request::PmdRxq => {
             let rows = core.pmd_rxq();
             let text = crate::render::pmd_rxq_table(&rows, &core.pmd_stats());

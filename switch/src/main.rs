@@ -113,6 +113,8 @@ enum CtlCmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Live ring indices of a vhost-user port (diagnostics).
+    Rings { port: String },
     /// Which PMD polls which rx queue.
     PmdRxq,
     /// PMD cycles and bursts (`--clear` zeroes them).
@@ -272,6 +274,7 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
             clear: true,
         } => vec![Request::ClearStats],
         CtlCmd::Stats { port, clear: false } => vec![Request::Stats { port }],
+        CtlCmd::Rings { port } => vec![Request::Rings { port }],
         CtlCmd::PmdRxq => vec![Request::PmdRxq],
         CtlCmd::PmdStats { clear: true } => vec![Request::ClearPmdStats],
         CtlCmd::PmdStats { clear: false } => vec![Request::PmdStats],

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::stats::PmdStats;
-use crate::switch::{FdbRow, PortInfo, PortStatsRow, RxqAssignment};
+use crate::switch::{FdbRow, PortInfo, PortStatsRow, RingRow, RxqAssignment};
 
 pub fn ports_table(ports: &[PortInfo]) -> String {
     let mut s = String::new();
@@ -104,6 +104,43 @@ pub fn pmd_stats_table(rows: &[PmdStats]) -> String {
         let _ = writeln!(s, "  idle cycles:             {}", p.idle_cycles);
         let _ = writeln!(s, "  avg cycles per packet:   {:.1}", p.cycles_per_packet);
         let _ = writeln!(s, "  guest interrupts:        {}", p.interrupts);
+    }
+    s
+}
+
+pub fn rings_table(rows: &[RingRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<4} {:<11} {:>5} {:>10} {:>9} {:>8} {:>11} {:>10} {}",
+        "QP",
+        "DIRECTION",
+        "SIZE",
+        "LAST-AVAIL",
+        "AVAIL-IDX",
+        "USED-IDX",
+        "AVAIL-FLAGS",
+        "USED-FLAGS",
+        "EVENT-IDX"
+    );
+    for r in rows {
+        let st = &r.state;
+        let _ = writeln!(
+            s,
+            "{:<4} {:<11} {:>5} {:>10} {:>9} {:>8} {:>11} {:>10} {}",
+            r.queue_pair,
+            r.direction,
+            st.size,
+            st.last_avail,
+            st.avail_idx,
+            st.used_idx,
+            st.avail_flags,
+            st.used_flags,
+            st.event_idx
+        );
+    }
+    if rows.is_empty() {
+        s.push_str("(no active rings)\n");
     }
     s
 }

@@ -143,6 +143,15 @@ pub struct PortStatsRow {
     pub protocol_errors: u64,
 }
 
+/// One active ring for `rings`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RingRow {
+    pub queue_pair: u16,
+    pub direction: &'static str,
+    #[serde(flatten)]
+    pub state: crate::vring::RingState,
+}
+
 /// One learned MAC for `fdb`.
 #[derive(Clone, Debug, Serialize)]
 pub struct FdbRow {
@@ -514,6 +523,31 @@ impl SwitchCore {
                 age_secs: e.age_secs,
             })
             .collect()
+    }
+
+    /// Live ring indices of a vhost-user port (diagnostics).
+    pub fn rings(&self, name: &str) -> Result<Vec<RingRow>, SwitchError> {
+        let st = self.lock();
+        let e = st
+            .ports
+            .get(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let mut rows = Vec::new();
+        for (dir, list) in [
+            ("to-guest", &e.queues.to_guest),
+            ("from-guest", &e.queues.from_guest),
+        ] {
+            for (q, ring) in list {
+                // Held for a few loads; a PMD waits at most that long.
+                let state = ring.lock().state();
+                rows.push(RingRow {
+                    queue_pair: *q,
+                    direction: dir,
+                    state,
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// Which PMD polls which rx queue.

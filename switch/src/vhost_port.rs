@@ -81,7 +81,6 @@ fn req_err(msg: String) -> VuError {
     VuError::ReqHandlerError(io::Error::other(msg))
 }
 
-#[derive(Default)]
 struct VringCtl {
     size: u32,
     addrs: Option<RingAddrs>,
@@ -92,6 +91,25 @@ struct VringCtl {
     /// Must be rebuilt (new call fd, memory table or features) before it runs again.
     dirty: bool,
     active: Option<Arc<QueueRt>>,
+}
+
+impl Default for VringCtl {
+    fn default() -> Self {
+        VringCtl {
+            size: 0,
+            addrs: None,
+            base: 0,
+            call: None,
+            kicked: false,
+            // Rings start enabled: QEMU 7.2 sends SET_VRING_ENABLE(1) before SET_FEATURES, which
+            // the vhost crate rejects (protocol features not yet acked) and QEMU never resends.
+            // An explicit SET_VRING_ENABLE(0) is still honoured, and a ring also needs
+            // addresses and a kick before it runs.
+            enabled: true,
+            dirty: false,
+            active: None,
+        }
+    }
 }
 
 /// The backend state of one connected frontend.
@@ -187,6 +205,11 @@ impl VhostPortBackend {
             let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
             match DeviceRing::new(mem, addrs, v.size, v.base, event_idx, call) {
                 Ok(ring) => {
+                    tracing::debug!(
+                        "vring {i}: started (size {}, base {})",
+                        v.size,
+                        ring.last_avail()
+                    );
                     v.active = Some(Arc::new(QueueRt::new(ring)));
                     started = true;
                 }
@@ -294,6 +317,15 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
                 mmap_offset: r.mmap_offset,
             })
             .collect();
+        for (i, r) in regions.iter().enumerate() {
+            tracing::debug!(
+                "memory region {i}: gpa {:#x} size {:#x} va {:#x} offset {:#x}",
+                r.guest_phys_addr,
+                r.size,
+                r.user_addr,
+                r.mmap_offset
+            );
+        }
         let mem = GuestMemory::map(&regions, files)
             .map_err(|e| req_err(format!("memory table refused: {e}")))?;
         for v in self.vrings.iter_mut() {
@@ -326,6 +358,7 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
+        tracing::debug!("vring {index}: desc {descriptor:#x} avail {available:#x} used {used:#x}");
         let v = self.vring(index)?;
         v.addrs = Some(RingAddrs {
             desc: descriptor,

@@ -95,6 +95,21 @@ pub enum ChainError {
     BadAvailIndex,
 }
 
+/// Ring indices as seen at one moment.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct RingState {
+    pub size: u16,
+    /// Next avail entry the switch will consume.
+    pub last_avail: u16,
+    /// The driver's avail index.
+    pub avail_idx: u16,
+    /// The used index as published.
+    pub used_idx: u16,
+    pub avail_flags: u16,
+    pub used_flags: u16,
+    pub event_idx: bool,
+}
+
 /// A device-side split ring over a frontend's memory.
 pub struct DeviceRing {
     mem: Arc<GuestMemory>,
@@ -207,6 +222,21 @@ impl DeviceRing {
     /// Next avail index the device will consume (GET_VRING_BASE).
     pub fn last_avail(&self) -> u16 {
         self.last_avail
+    }
+
+    /// A snapshot of the ring indices for diagnostics (`vswitch ctl rings`).
+    pub fn state(&self) -> RingState {
+        RingState {
+            size: self.size,
+            last_avail: self.last_avail,
+            avail_idx: self.avail_idx().load(Ordering::Acquire),
+            used_idx: self.used_idx().load(Ordering::Acquire),
+            // SAFETY: inside the checked avail area, aligned.
+            avail_flags: unsafe { &*self.avail_flags }.load(Ordering::Relaxed),
+            // SAFETY: inside the checked used area, aligned.
+            used_flags: unsafe { &*self.used_flags }.load(Ordering::Relaxed),
+            event_idx: self.event_idx,
+        }
     }
 
     /// Tells the driver not to kick: we poll.

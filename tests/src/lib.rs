@@ -2,6 +2,8 @@
 //! test needs (root, KVM, hugepages, TAP) and printing a clear `SKIPPED: <reason>` line when a
 //! requirement is missing.
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
