@@ -3,6 +3,7 @@
 //! generator built on them ([`run`], [`rfc2544`], [`compare`]).
 
 pub mod chart;
+pub mod clock;
 pub mod compare;
 pub mod driver_ring;
 pub mod frontend;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hugepages::HugePolicy;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::frontend::{FrontendError, PortConfig, VhostUserPort};
 use crate::packet::{self, FrameTemplate, Parsed, FCS_LEN, WIRE_OVERHEAD};
 use crate::rate::{Pacer, Rate, SizeMix};
@@ -181,7 +182,7 @@ impl TxSide {
     }
 
     #[inline]
-    fn burst(&mut self, port: &mut VhostUserPort, n: usize, now_ns: u64) {
+    fn burst(&mut self, port: &mut VhostUserPort, n: usize, stamp_ns: u64) {
         let base = self.sent;
         let mut bytes = 0u64;
         let templates = &self.templates;
@@ -192,7 +193,7 @@ impl TxSide {
             if next == templates.len() {
                 next = 0;
             }
-            let len = t.write_stamped(buf, base + i as u64, now_ns);
+            let len = t.write_stamped(buf, base + i as u64, stamp_ns);
             bytes += (len + FCS_LEN) as u64;
             len
         });
@@ -237,11 +238,14 @@ impl RxSide {
         }
     }
 
+    /// Drains the port; the receive time is read once per non-empty drain.
     #[inline]
-    fn drain(&mut self, port: &mut VhostUserPort, now_ns: u64) -> usize {
+    fn drain(&mut self, port: &mut VhostUserPort, clock: &Clock) -> usize {
+        let mut now: Option<u64> = None;
         port.recv(|f| match packet::parse(f) {
             Parsed::Ok { tag, .. } if tag != self.tag => self.stale += 1,
             Parsed::Ok { seq, ts, .. } => {
+                let now_ns = *now.get_or_insert_with(|| clock.now_ns());
                 self.seq.record(seq);
                 self.lat.record(now_ns.saturating_sub(ts));
                 self.bytes += (f.len() + FCS_LEN) as u64;
@@ -258,6 +262,7 @@ type Direction = (String, TxSide, RxSide);
 /// Two attached ports: port 0 on `--tx`, port 1 on `--rx`.
 pub struct Session {
     ports: [VhostUserPort; 2],
+    clock: Clock,
     /// Trials run so far: the tag of the next trial's frames.
     trials: u16,
 }
@@ -306,6 +311,7 @@ impl Session {
         let b = port("rx", &cfg.rx_socket, 1)?;
         Ok(Session {
             ports: [a, b],
+            clock: Clock::new(Duration::from_millis(20)),
             trials: 0,
         })
     }
@@ -372,14 +378,17 @@ impl Session {
         let mut rx: Vec<RxSide> = (0..n_dirs).map(|_| RxSide::new(self.trials)).collect();
         let pacer = Pacer::new(cfg.rate, cfg.size.mean());
         let dur_ns = cfg.duration.as_nanos() as u64;
-        let start = Instant::now();
+        let clock = &self.clock;
+        let t0 = clock.now_ns();
         let mut next_report = 1_000_000_000u64;
         let mut last = (0u64, 0u64, 0u64);
         let [p0, p1] = &mut self.ports;
         let stall_ns = cfg.rx_stall_after.map(|d| d.as_nanos() as u64);
         let mut now;
         loop {
-            now = start.elapsed().as_nanos() as u64;
+            // One clock read per iteration: pacing, duration and the tx stamps.
+            let abs = clock.now_ns();
+            now = abs - t0;
             if now >= dur_ns {
                 break;
             }
@@ -391,22 +400,21 @@ impl Session {
             }
             let n = pacer.allowed(now, tx[0].sent, BURST);
             if n > 0 {
-                tx[0].burst(p0, n, now);
+                tx[0].burst(p0, n, abs);
             }
             if cfg.bidir {
                 let n = pacer.allowed(now, tx[1].sent, BURST);
                 if n > 0 {
-                    tx[1].burst(p1, n, now);
+                    tx[1].burst(p1, n, abs);
                 }
             }
-            // A fresh clock for the sink, so a frame sent this iteration is not read at 0 ns.
-            let rx_now = start.elapsed().as_nanos() as u64;
+            // The sink reads the clock itself, once per non-empty drain.
             if cfg.bidir {
-                rx[1].drain(p0, rx_now);
+                rx[1].drain(p0, clock);
             } else {
                 p0.recv(|_| {});
             }
-            rx[0].drain(p1, rx_now);
+            rx[0].drain(p1, clock);
             if cfg.progress && now >= next_report {
                 let sent: u64 = tx.iter().map(|t| t.sent).sum();
                 let got: u64 = rx.iter().map(|r| r.seq.received).sum();
@@ -426,10 +434,9 @@ impl Session {
         while quiet.elapsed() < Duration::from_millis(20)
             && drain_start.elapsed() < Duration::from_millis(500)
         {
-            let now = start.elapsed().as_nanos() as u64;
-            let mut got = rx[0].drain(p1, now);
+            let mut got = rx[0].drain(p1, clock);
             if cfg.bidir {
-                got += rx[1].drain(p0, now);
+                got += rx[1].drain(p0, clock);
             } else {
                 p0.recv(|_| {});
             }
@@ -463,7 +470,8 @@ impl Session {
         let done = AtomicBool::new(false);
         let sent_total = AtomicU64::new(0);
         let [p0, p1] = &mut self.ports;
-        let start = Instant::now();
+        let clock = &self.clock;
+        let t0 = clock.now_ns();
         let rx_core = cfg.rx_core;
         let rx_stall = cfg.rx_stall_after;
         let (elapsed, rx) = std::thread::scope(|s| {
@@ -473,11 +481,10 @@ impl Session {
                 let mut quiet: Option<Instant> = None;
                 let stall_ns = rx_stall.map(|d| d.as_nanos() as u64);
                 loop {
-                    let now = start.elapsed().as_nanos() as u64;
-                    if stall_ns.is_some_and(|s| now >= s) {
+                    if stall_ns.is_some_and(|s| clock.now_ns() - t0 >= s) {
                         p1.set_rx_paused(true);
                     }
-                    let got = rx.drain(p1, now);
+                    let got = rx.drain(p1, clock);
                     if done.load(Ordering::Acquire) {
                         let q = quiet.get_or_insert_with(Instant::now);
                         if got > 0 {
@@ -494,13 +501,14 @@ impl Session {
             let mut now;
             let mut next_report = 1_000_000_000u64;
             loop {
-                now = start.elapsed().as_nanos() as u64;
+                let abs = clock.now_ns();
+                now = abs - t0;
                 if now >= dur_ns {
                     break;
                 }
                 let n = pacer.allowed(now, tx.sent, BURST);
                 if n > 0 {
-                    tx.burst(p0, n, now);
+                    tx.burst(p0, n, abs);
                 }
                 p0.recv(|_| {});
                 if cfg.progress && now >= next_report {
