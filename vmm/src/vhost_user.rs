@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bench::vhost_setup::{self, MemoryRegion, QueueSetup, SetupError, VhostUserSetup};
-use vhost::vhost_user::Frontend;
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -37,6 +37,9 @@ pub enum VhostError {
     /// The ordered set-up failed.
     #[error("vhost-user set-up failed")]
     Setup(#[source] SetupError),
+    /// SET_VRING_ENABLE failed.
+    #[error("the switch could not enable or disable vring {0}")]
+    Enable(usize, #[source] vhost::Error),
 }
 
 /// A ring as the guest driver configured it (guest-physical addresses).
@@ -57,6 +60,8 @@ pub enum NetCmd {
         features: u64,
         rings: Vec<QueueRing>,
     },
+    /// The driver selected this many queue pairs on the control queue.
+    SetPairs(u16),
     /// The driver reset the device.
     Reset,
     /// The VM is stopping.
@@ -78,6 +83,10 @@ pub struct Connection {
     frontend: Frontend,
     /// Virtio features the switch offers.
     pub features: u64,
+    /// Vrings handed over by the last set-up.
+    vrings: usize,
+    /// Protocol features were negotiated: SET_VRING_ENABLE works.
+    can_enable: bool,
 }
 
 /// Connects (retrying every second, or accepting in server mode) until `stop` is set, then
@@ -106,7 +115,14 @@ pub fn connect(ep: &Endpoint, stop: &AtomicBool, quiet: bool) -> Result<Connecti
                 }
             };
         match frontend.get_features() {
-            Ok(features) => return Ok(Connection { frontend, features }),
+            Ok(features) => {
+                return Ok(Connection {
+                    frontend,
+                    features,
+                    vrings: 0,
+                    can_enable: false,
+                })
+            }
             Err(e) => {
                 // A switch that is going away, or a port already taken by another frontend.
                 let e = VhostError::Probe(ep.socket.clone(), e);
@@ -193,6 +209,7 @@ impl Worker {
         conn: &mut Connection,
         features: u64,
         rings: &[QueueRing],
+        pairs: Option<u16>,
     ) -> Result<(), VhostError> {
         let rings = contiguous(rings);
         let setup = setup_for(&self.ram, features, &rings, &self.fds)?;
@@ -204,6 +221,24 @@ impl Worker {
             vrings = rings.len(),
             "datapath handed to the switch"
         );
+        conn.vrings = rings.len();
+        conn.can_enable = n.features & vhost_setup::VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        match pairs {
+            Some(p) => Self::set_pairs(conn, p),
+            None => Ok(()),
+        }
+    }
+
+    /// Enables the vrings of the first `pairs` queue pairs and disables the others.
+    fn set_pairs(conn: &mut Connection, pairs: u16) -> Result<(), VhostError> {
+        if !conn.can_enable {
+            return Ok(()); // Without protocol features every ring is enabled; nothing to do.
+        }
+        for q in 0..conn.vrings {
+            conn.frontend
+                .set_vring_enable(q, q < pairs as usize * 2)
+                .map_err(|e| VhostError::Enable(q, e))?;
+        }
         Ok(())
     }
 
@@ -223,6 +258,7 @@ impl Worker {
     pub fn run(self, conn: Connection, rx: Receiver<NetCmd>) {
         let mut conn = Some(conn);
         let mut active: Option<(u64, Vec<QueueRing>)> = None;
+        let mut pairs: Option<u16> = None;
         self.status.connected.store(true, Ordering::Relaxed);
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -233,7 +269,7 @@ impl Worker {
                     Ok(mut c) => {
                         tracing::info!(nic = %self.name, "reconnected to the switch");
                         if let Some((f, rings)) = &active {
-                            if let Err(e) = self.apply(&mut c, *f, rings) {
+                            if let Err(e) = self.apply(&mut c, *f, rings, pairs) {
                                 tracing::error!(nic = %self.name, "replay failed: {e}: {:?}", std::error::Error::source(&e));
                                 std::thread::sleep(Duration::from_secs(1));
                                 continue;
@@ -253,15 +289,25 @@ impl Worker {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(NetCmd::Activate { features, rings }) => {
                     if let Some(c) = conn.as_mut() {
-                        if let Err(e) = self.apply(c, features, &rings) {
+                        if let Err(e) = self.apply(c, features, &rings, pairs) {
                             tracing::error!(nic = %self.name, "{e}: {:?}", std::error::Error::source(&e));
                         }
                     }
                     active = Some((features, rings));
                 }
+                Ok(NetCmd::SetPairs(n)) => {
+                    if let Some(c) = conn.as_mut().filter(|_| active.is_some()) {
+                        if let Err(e) = Self::set_pairs(c, n) {
+                            tracing::error!(nic = %self.name, "{e}: {:?}", std::error::Error::source(&e));
+                        }
+                    }
+                    tracing::info!(nic = %self.name, pairs = n, "queue pairs selected by the driver");
+                    pairs = Some(n);
+                }
                 Ok(NetCmd::Reset) => {
                     // A fresh session lets the next DRIVER_OK start from SET_OWNER again.
                     active = None;
+                    pairs = None;
                     conn = None;
                     self.status.connected.store(false, Ordering::Relaxed);
                 }

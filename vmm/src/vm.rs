@@ -17,7 +17,7 @@ use crate::config::{default_mac, fmt_mac, NetSpec};
 use crate::ctl::{CtlServer, NicInfo, VmInfo};
 use crate::devices::pci::PciBus;
 use crate::devices::serial::{ConsoleSink, SerialPort, COM1_IRQ};
-use crate::devices::virtio_net::{offered_features, NicStatus, QueueFds, VirtioNet};
+use crate::devices::virtio_net::{offered_features, queue_count, NicStatus, QueueFds, VirtioNet};
 use crate::irq::{device_gsi_base, InterruptHub, KvmHub};
 use crate::kvm::{self, ExitCounts, IoBus, Vcpu, VmEvent};
 use crate::memory::GuestRam;
@@ -254,7 +254,7 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
                 call: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?,
             })
         };
-        let fds: Vec<QueueFds> = (0..spec.queues * 2)
+        let fds: Vec<QueueFds> = (0..queue_count(spec.queues))
             .map(|_| mk())
             .collect::<Result<_, _>>()?;
         let fds = Arc::new(fds);
@@ -276,6 +276,7 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
             hub.clone(),
             tx.clone(),
             status.clone(),
+            ram.mem().clone(),
         )));
         let worker = Worker {
             name: format!("{}.{i}", cfg.name),

@@ -322,7 +322,7 @@ pub(crate) mod tests {
             setup_sects: 27,
             header: 0x5372_6448,
             version: 0x020f,
-            init_size: 0x1234_000,
+            init_size: 0x0123_4000,
             kernel_alignment: 0x20_0000,
             xloadflags: 0x7f,
             ..Default::default()
@@ -330,7 +330,7 @@ pub(crate) mod tests {
         let p = boot_params_for(Some(hdr), 512 << 20, None);
         assert_eq!(p.hdr.setup_sects, 27);
         assert_eq!({ p.hdr.version }, 0x020f);
-        assert_eq!({ p.hdr.init_size }, 0x1234_000);
+        assert_eq!({ p.hdr.init_size }, 0x0123_4000);
         assert_eq!({ p.hdr.kernel_alignment }, 0x20_0000);
         assert_eq!(p.hdr.type_of_loader, 0xff);
         assert_eq!(p.hdr.loadflags & 0x81, 0x81);

@@ -3,3 +3,4 @@
 pub mod pci;
 pub mod serial;
 pub mod virtio_net;
+pub mod virtio_net_ctrl;

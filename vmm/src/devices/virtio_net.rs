@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::{ConfigSpace, PciDevice};
+use super::virtio_net_ctrl::{self as ctrl, ACK_ERR, ACK_OK};
 use crate::irq::InterruptHub;
 use crate::vhost_user::{NetCmd, QueueRing};
 
@@ -33,14 +35,14 @@ pub const NO_VECTOR: u16 = 0xffff;
 pub const F_MAC: u64 = 1 << 5;
 pub const F_MRG_RXBUF: u64 = 1 << 15;
 pub const F_STATUS: u64 = 1 << 16;
+pub const F_CTRL_VQ: u64 = 1 << 17;
 pub const F_MQ: u64 = 1 << 22;
 pub const F_INDIRECT_DESC: u64 = 1 << 28;
 pub const F_EVENT_IDX: u64 = 1 << 29;
 pub const F_VERSION_1: u64 = 1 << 32;
-/// Backend features the VMM lets through to the guest (the device side adds MAC and STATUS).
-/// MQ is not among them: the device has no control queue, and Linux refuses MQ without
-/// CTRL_VQ, so guests use one queue pair (the other pairs' registers exist for drivers that
-/// set them up anyway).
+/// Backend features the VMM lets through to the guest (the device side adds MAC and STATUS,
+/// and with more than one queue pair CTRL_VQ, whose queue the VMM serves, plus MQ when the
+/// switch offers it).
 pub const PASSTHROUGH: u64 = F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1;
 
 const S_DRIVER_OK: u8 = 4;
@@ -48,8 +50,18 @@ const S_FEATURES_OK: u8 = 8;
 const S_FAILED: u8 = 0x80;
 
 /// The features offered to the guest for a backend offering `backend` with `pairs` queue pairs.
-pub fn offered_features(backend: u64, _pairs: u16) -> u64 {
-    (backend & PASSTHROUGH) | F_VERSION_1 | F_MAC | F_STATUS
+pub fn offered_features(backend: u64, pairs: u16) -> u64 {
+    let mut f = (backend & PASSTHROUGH) | F_VERSION_1 | F_MAC | F_STATUS;
+    if pairs > 1 {
+        f |= F_CTRL_VQ | (backend & F_MQ);
+    }
+    f
+}
+
+/// Number of virtqueues of a device with `pairs` queue pairs: rx/tx per pair, plus the
+/// control queue (last) when there is more than one pair.
+pub fn queue_count(pairs: u16) -> usize {
+    pairs as usize * 2 + usize::from(pairs > 1)
 }
 
 /// Per-queue state.
@@ -111,6 +123,10 @@ pub struct VirtioNet {
     queue_select: u16,
     queues: Vec<Queue>,
     fds: Arc<Vec<QueueFds>>,
+    /// Index of the control queue (served here), if any.
+    ctrl: Option<usize>,
+    ctrl_next_avail: u16,
+    mem: GuestMemoryMmap,
     msix: Vec<MsixEntry>,
     gsi_base: u32,
     hub: Arc<dyn InterruptHub>,
@@ -135,8 +151,9 @@ impl VirtioNet {
         hub: Arc<dyn InterruptHub>,
         worker: Sender<NetCmd>,
         shared: Arc<NicStatus>,
+        mem: GuestMemoryMmap,
     ) -> Self {
-        let nq = pairs as usize * 2;
+        let nq = queue_count(pairs);
         assert_eq!(fds.len(), nq);
         let vectors = nq as u16 + 1;
         let mut cfg = ConfigSpace::new(0x1af4, 0x1041, 0x02, 0x00, 1);
@@ -181,6 +198,9 @@ impl VirtioNet {
             queue_select: 0,
             queues: (0..nq).map(|_| Queue::new()).collect(),
             fds,
+            ctrl: (pairs > 1).then_some(nq - 1),
+            ctrl_next_avail: 0,
+            mem,
             msix: vec![
                 MsixEntry {
                     masked: true,
@@ -350,7 +370,7 @@ impl VirtioNet {
 
     fn register_kicks(&mut self) {
         for q in 0..self.queues.len() {
-            if !self.queues[q].enabled {
+            if !self.queues[q].enabled || Some(q) == self.ctrl {
                 continue;
             }
             if let Some(addr) = self.notify_addr(q) {
@@ -413,7 +433,7 @@ impl VirtioNet {
             .queues
             .iter()
             .enumerate()
-            .filter(|(_, q)| q.enabled)
+            .filter(|(i, q)| q.enabled && Some(*i) != self.ctrl)
             .map(|(i, q)| QueueRing {
                 index: i as u16,
                 size: q.size,
@@ -426,7 +446,7 @@ impl VirtioNet {
         self.sync_irqfds();
         self.shared.driver_ok.store(true, Ordering::Relaxed);
         let _ = self.worker.send(NetCmd::Activate {
-            features: self.driver_features,
+            features: self.driver_features & !F_CTRL_VQ,
             rings,
         });
     }
@@ -443,11 +463,56 @@ impl VirtioNet {
         self.driver_feature_select = 0;
         self.config_vector = NO_VECTOR;
         self.queue_select = 0;
+        self.ctrl_next_avail = 0;
         self.generation = self.generation.wrapping_add(1);
         for q in &mut self.queues {
             *q = Queue::new();
         }
         self.shared.driver_ok.store(false, Ordering::Relaxed);
+    }
+
+    /// Serves the control queue: MQ pair selection goes to the worker, RX-mode and MAC-table
+    /// commands are acknowledged (the switch floods and learns; nothing to filter here).
+    fn process_ctrl(&mut self, q: usize) {
+        let Some(queue) = self.queues.get(q).filter(|qq| qq.enabled) else {
+            return;
+        };
+        if !self.active() {
+            return;
+        }
+        let ring = ctrl::Ring {
+            size: queue.size,
+            desc: queue.desc,
+            avail: queue.driver,
+            used: queue.device,
+        };
+        let (pairs, mq) = (self.pairs, self.driver_features & F_MQ != 0);
+        let worker = self.worker.clone();
+        let r = ctrl::process(
+            &self.mem,
+            ring,
+            &mut self.ctrl_next_avail,
+            |class, cmd, data| match (class, cmd) {
+                (ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET) if mq && data.len() >= 2 => {
+                    let n = u16::from_le_bytes([data[0], data[1]]);
+                    if (1..=pairs).contains(&n) {
+                        let _ = worker.send(NetCmd::SetPairs(n));
+                        ACK_OK
+                    } else {
+                        ACK_ERR
+                    }
+                }
+                (ctrl::CLASS_RX | ctrl::CLASS_MAC, _) => ACK_OK,
+                _ => ACK_ERR,
+            },
+        );
+        match r {
+            Ok(n) if n > 0 && self.irqfds.iter().any(|(qq, _)| *qq == q) => {
+                let _ = self.fds[q].call.write(1);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("virtio-net: {e}"),
+        }
     }
 
     fn device_cfg_bytes(&self) -> [u8; DEVICE_LEN as usize] {
@@ -535,9 +600,13 @@ impl PciDevice for VirtioNet {
         match offset {
             o if o < COMMON_LEN => self.common_write(o as usize, data),
             o if (NOTIFY_OFF..NOTIFY_OFF + nq * NOTIFY_MULTIPLIER as u64).contains(&o) => {
-                // Only reached while no ioeventfd is registered: pass the kick on.
+                // Data queues: only reached while no ioeventfd is registered; pass the kick on.
                 let q = ((o - NOTIFY_OFF) / NOTIFY_MULTIPLIER as u64) as usize;
-                let _ = self.fds[q].kick.write(1);
+                if Some(q) == self.ctrl {
+                    self.process_ctrl(q);
+                } else {
+                    let _ = self.fds[q].kick.write(1);
+                }
             }
             o if (MSIX_TABLE_OFF..MSIX_TABLE_OFF + self.msix.len() as u64 * 16).contains(&o) => {
                 self.msix_write(o - MSIX_TABLE_OFF, data)

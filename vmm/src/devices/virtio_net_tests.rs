@@ -49,7 +49,7 @@ const BAR: u64 = 0xC000_0000;
 fn device(pairs: u16) -> (VirtioNet, Arc<FakeHub>, Receiver<NetCmd>) {
     let hub = Arc::new(FakeHub::default());
     let (tx, rx) = channel();
-    let fds = (0..pairs * 2)
+    let fds = (0..queue_count(pairs))
         .map(|_| QueueFds {
             kick: EventFd::new(0).unwrap(),
             call: EventFd::new(0).unwrap(),
@@ -68,6 +68,7 @@ fn device(pairs: u16) -> (VirtioNet, Arc<FakeHub>, Receiver<NetCmd>) {
         hub.clone(),
         tx,
         Arc::new(NicStatus::default()),
+        GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 16 << 20)]).unwrap(),
     );
     (d, hub, rx)
 }
@@ -134,8 +135,17 @@ fn features_offered_are_switch_subset_plus_mac_and_status() {
         0,
         "vhost-user protocol bit never reaches the guest"
     );
-    assert_eq!(f & F_MQ, 0, "no MQ without a control queue");
-    assert_eq!(offered_features(F_MQ, 2) & F_MQ, 0);
+    assert_eq!(
+        f & (F_MQ | F_CTRL_VQ),
+        0,
+        "no MQ or control queue with one pair"
+    );
+    assert_eq!(
+        offered_features(F_MQ, 2) & (F_MQ | F_CTRL_VQ),
+        F_MQ | F_CTRL_VQ
+    );
+    assert_eq!(offered_features(0, 2) & (F_MQ | F_CTRL_VQ), F_CTRL_VQ);
+    assert_eq!((queue_count(1), queue_count(2), queue_count(4)), (2, 5, 9));
 }
 
 #[test]
@@ -146,7 +156,7 @@ fn device_config_has_mac_status_and_pairs() {
     assert_eq!(mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
     assert_eq!(r16(&mut d, DEVICE_OFF + 6), 1);
     assert_eq!(r16(&mut d, DEVICE_OFF + 8), 2);
-    assert_eq!(r16(&mut d, 0x12), 4, "num_queues");
+    assert_eq!(r16(&mut d, 0x12), 5, "num_queues: 2 pairs + control");
 }
 
 #[test]
@@ -296,4 +306,66 @@ impl VirtioNet {
         self.bar_read(off, &mut b);
         b[0]
     }
+}
+
+#[test]
+fn control_queue_is_served_by_the_vmm_and_selects_pairs() {
+    use vm_memory::{Bytes, GuestAddress};
+    let (mut d, hub, rx) = device(2);
+    let f = F_VERSION_1 | F_MAC | F_MQ | F_CTRL_VQ;
+    bring_up(&mut d, f);
+    status(&mut d, 1 | 2 | 8 | 4);
+    match rx.try_recv().unwrap() {
+        NetCmd::Activate { features, rings } => {
+            assert_eq!(
+                features,
+                F_VERSION_1 | F_MAC | F_MQ,
+                "CTRL_VQ stays in the VMM"
+            );
+            assert_eq!(
+                rings.iter().map(|r| r.index).collect::<Vec<_>>(),
+                [0, 1, 2, 3]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let log = hub.take();
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("kick")).count(),
+        4,
+        "{log:?}"
+    );
+    // The control queue (index 4) as bring_up laid it out: desc 0x44_0000, avail +0x800,
+    // used +0x1000. Post VQ_PAIRS_SET(2): header, data, ack.
+    let m = d.mem.clone();
+    let (desc, avail, used) = (0x44_0000u64, 0x44_0800u64, 0x44_1000u64);
+    let buf = 0x50_0000u64;
+    m.write_slice(&[4, 0], GuestAddress(buf)).unwrap();
+    m.write_obj(2u16, GuestAddress(buf + 0x10)).unwrap();
+    m.write_obj(0xeeu8, GuestAddress(buf + 0x20)).unwrap();
+    let descs: [(u64, u32, u16, u16); 3] =
+        [(buf, 2, 1, 1), (buf + 0x10, 2, 1, 2), (buf + 0x20, 1, 2, 0)];
+    for (i, (a, l, fl, n)) in descs.iter().enumerate() {
+        let e = desc + 16 * i as u64;
+        m.write_obj(*a, GuestAddress(e)).unwrap();
+        m.write_obj(*l, GuestAddress(e + 8)).unwrap();
+        m.write_obj(*fl, GuestAddress(e + 12)).unwrap();
+        m.write_obj(*n, GuestAddress(e + 14)).unwrap();
+    }
+    m.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
+    m.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+    w16(&mut d, NOTIFY_OFF + 4 * 4, 4);
+    let ack: u8 = m.read_obj(GuestAddress(buf + 0x20)).unwrap();
+    assert_eq!(ack, 0, "VIRTIO_NET_OK");
+    let used_idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(used_idx, 1);
+    assert!(matches!(rx.try_recv().unwrap(), NetCmd::SetPairs(2)));
+    // Too many pairs: refused, nothing sent.
+    m.write_obj(3u16, GuestAddress(buf + 0x10)).unwrap();
+    m.write_obj(0u16, GuestAddress(avail + 6)).unwrap();
+    m.write_obj(2u16, GuestAddress(avail + 2)).unwrap();
+    w16(&mut d, NOTIFY_OFF + 4 * 4, 4);
+    let ack: u8 = m.read_obj(GuestAddress(buf + 0x20)).unwrap();
+    assert_eq!(ack, 1, "VIRTIO_NET_ERR");
+    assert!(rx.try_recv().is_err());
 }
