@@ -48,6 +48,8 @@ pub mod features {
 pub const RX_QUEUE: usize = 0;
 /// Vring index of the tx queue.
 pub const TX_QUEUE: usize = 1;
+/// Most queue pairs a port can have (the vhost crate's limit on vrings is 0x8000; this is ours).
+pub const MAX_QUEUE_PAIRS: usize = 64;
 /// Bytes of scratch space at the end of the region for hand-built descriptors and tables.
 pub const SCRATCH_LEN: usize = 64 * 1024;
 /// The guest physical address of the region's start.
@@ -62,6 +64,9 @@ pub struct PortConfig {
     pub listen: bool,
     /// Descriptors per queue (power of two).
     pub queue_size: u16,
+    /// Queue pairs (1 = no multiqueue; more adds VIRTIO_NET_F_MQ and requires the backend to
+    /// offer it).
+    pub queue_pairs: u16,
     /// Virtio features wanted (intersected with the backend's offer).
     pub features: u64,
     /// Bytes per rx buffer (header included).
@@ -82,6 +87,7 @@ impl Default for PortConfig {
             socket: PathBuf::new(),
             listen: false,
             queue_size: 256,
+            queue_pairs: 1,
             features: features::DEFAULT,
             rx_buffer_len: 2048,
             tx_buffer_len: 2048,
@@ -137,6 +143,9 @@ pub enum FrontendError {
     /// The queue size is not a power of two in 2..=32768.
     #[error("queue size {0} is not a power of two between 2 and 32768")]
     BadQueueSize(u16),
+    /// The number of queue pairs is out of range.
+    #[error("{0} queue pairs asked for, 1 to {MAX_QUEUE_PAIRS} are supported")]
+    BadQueuePairs(u16),
     /// A buffer length is too small for a header and a minimal frame.
     #[error("buffer length {0} is too small (at least 64 bytes)")]
     BadBufferLen(u32),
@@ -190,17 +199,23 @@ impl Queue {
     }
 }
 
+/// An rx queue and a tx queue.
+struct Pair {
+    rx: Queue,
+    tx: Queue,
+    /// Ids of each in-flight raw tx chain, by head (empty for ordinary one-descriptor frames).
+    raw_chains: Vec<Vec<u16>>,
+}
+
 /// The datapath of a port: memory, rings and buffers, with no protocol. [`VhostUserPort`] wraps it
 /// with a vhost-user connection; unit tests drive it against a device-side mock.
 pub struct PortDatapath {
     mem: SharedMemory,
-    rx: Queue,
-    tx: Queue,
+    /// Queue pairs: pair `i` is vrings `2i` (rx) and `2i + 1` (tx).
+    pairs: Vec<Pair>,
     hdr_len: usize,
     mrg_rxbuf: bool,
     rx_paused: bool,
-    /// Ids of each in-flight raw chain, by head (empty for ordinary one-descriptor frames).
-    raw_chains: Vec<Vec<u16>>,
     gather: Vec<u8>,
     scratch_off: usize,
     stats: FrontendStats,
@@ -210,9 +225,13 @@ pub struct PortDatapath {
 unsafe impl Send for PortDatapath {}
 
 impl PortDatapath {
-    /// Allocates memory and eventfds for a queue pair; rings start once features are known.
+    /// Allocates memory and eventfds for the queue pairs; rings start once features are known.
     pub fn new(cfg: &PortConfig) -> Result<Self, FrontendError> {
         let n = cfg.queue_size;
+        let qps = cfg.queue_pairs as usize;
+        if !(1..=MAX_QUEUE_PAIRS).contains(&qps) {
+            return Err(FrontendError::BadQueuePairs(cfg.queue_pairs));
+        }
         if !n.is_power_of_two() || !(2..=32768).contains(&n) {
             return Err(FrontendError::BadQueueSize(n));
         }
@@ -221,12 +240,22 @@ impl PortDatapath {
                 return Err(FrontendError::BadBufferLen(len));
             }
         }
-        let rx_layout = RingLayout::new(n, 0);
-        let tx_layout = RingLayout::new(n, rx_layout.end());
-        let rx_buf_off = tx_layout.end();
-        let tx_buf_off = rx_buf_off + n as usize * cfg.rx_buffer_len as usize;
-        let scratch_off =
-            (tx_buf_off + n as usize * cfg.tx_buffer_len as usize).div_ceil(4096) * 4096;
+        // Rings of every vring in index order, then per pair rx buffers and tx buffers.
+        let mut layouts = Vec::with_capacity(2 * qps);
+        let mut off = 0;
+        for _ in 0..2 * qps {
+            let l = RingLayout::new(n, off);
+            off = l.end();
+            layouts.push(l);
+        }
+        let mut buf_offs = Vec::with_capacity(2 * qps);
+        for _ in 0..qps {
+            buf_offs.push(off);
+            off += n as usize * cfg.rx_buffer_len as usize;
+            buf_offs.push(off);
+            off += n as usize * cfg.tx_buffer_len as usize;
+        }
+        let scratch_off = off.div_ceil(4096) * 4096;
         let total = scratch_off + SCRATCH_LEN;
         let mem = SharedMemory::new(&cfg.name, total, cfg.huge)?;
         let base = mem.as_ptr();
@@ -246,16 +275,21 @@ impl PortDatapath {
                 call: eventfd()?,
             })
         };
-        let rx = mk(rx_layout, rx_buf_off, cfg.rx_buffer_len)?;
-        let tx = mk(tx_layout, tx_buf_off, cfg.tx_buffer_len)?;
+        let pairs = (0..qps)
+            .map(|i| {
+                Ok(Pair {
+                    rx: mk(layouts[2 * i], buf_offs[2 * i], cfg.rx_buffer_len)?,
+                    tx: mk(layouts[2 * i + 1], buf_offs[2 * i + 1], cfg.tx_buffer_len)?,
+                    raw_chains: vec![Vec::new(); n as usize],
+                })
+            })
+            .collect::<Result<Vec<_>, FrontendError>>()?;
         Ok(PortDatapath {
             mem,
-            rx,
-            tx,
+            pairs,
             hdr_len: 12,
             mrg_rxbuf: false,
             rx_paused: false,
-            raw_chains: vec![Vec::new(); n as usize],
             gather: Vec::with_capacity(65536 + 4096),
             scratch_off,
             stats: FrontendStats::default(),
@@ -278,10 +312,12 @@ impl PortDatapath {
         &self.mem
     }
 
-    /// Queue set-ups for vhost-user, rx then tx. Ring addresses are process addresses.
+    /// Queue set-ups for vhost-user in vring order (rx0, tx0, rx1, tx1, …). Ring addresses are
+    /// process addresses.
     pub fn queue_setups(&self) -> Vec<QueueSetup<'_>> {
-        [&self.rx, &self.tx]
-            .into_iter()
+        self.pairs
+            .iter()
+            .flat_map(|p| [&p.rx, &p.tx])
             .map(|q| {
                 let (desc, avail, used) = q.ring.addrs();
                 QueueSetup {
@@ -297,12 +333,13 @@ impl PortDatapath {
             .collect()
     }
 
-    /// Guest physical addresses of (desc, avail, used) of vring `queue` (0 rx, 1 tx).
+    /// Guest physical addresses of (desc, avail, used) of vring `queue` (even rx, odd tx).
     pub fn ring_gpas(&self, queue: usize) -> (u64, u64, u64) {
-        let q = if queue == RX_QUEUE {
-            &self.rx
+        let pair = &self.pairs[queue / 2];
+        let q = if queue % 2 == RX_QUEUE {
+            &pair.rx
         } else {
-            &self.tx
+            &pair.tx
         };
         let base = self.mem.as_ptr() as u64;
         let (d, a, u) = q.ring.addrs();
@@ -313,9 +350,9 @@ impl PortDatapath {
         )
     }
 
-    /// Starts the rings with the negotiated features: header length, EVENT_IDX, mergeable rx,
-    /// and posts every rx buffer. Call before the backend is told the rings are ready (rx buffers
-    /// may be posted before: the device reads avail only after the rings are enabled).
+    /// Starts the rings with the negotiated features (header length, EVENT_IDX, mergeable rx) and
+    /// posts every rx buffer. [`VhostUserPort::connect`] calls it after the set-up; the device
+    /// sees the buffers on its next poll.
     pub fn start(&mut self, negotiated: u64) {
         let event_idx = negotiated & features::VIRTIO_RING_F_EVENT_IDX != 0;
         self.mrg_rxbuf = negotiated & features::VIRTIO_NET_F_MRG_RXBUF != 0;
@@ -327,33 +364,36 @@ impl PortDatapath {
         } else {
             10
         };
-        let n = self.rx.ring.size();
-        for q in [&mut self.rx, &mut self.tx] {
-            // The rings were zeroed at creation; the device may already have written its
-            // suppression flags into them, so they are not cleared again.
-            q.ring.set_event_idx(event_idx);
-            q.free.clear();
-            q.free.extend((0..n).rev());
-            q.in_flight.iter_mut().for_each(|f| *f = false);
+        let hdr = self.hdr_len;
+        for qp in 0..self.pairs.len() {
+            let pair = &mut self.pairs[qp];
+            let n = pair.rx.ring.size();
+            for q in [&mut pair.rx, &mut pair.tx] {
+                // The rings were zeroed at creation; the device may already have written its
+                // suppression flags into them, so they are not cleared again.
+                q.ring.set_event_idx(event_idx);
+                q.free.clear();
+                q.free.extend((0..n).rev());
+                q.in_flight.iter_mut().for_each(|f| *f = false);
+                q.ring.suppress_interrupts();
+            }
+            // Tx headers are all-zero (no offloads) and nothing writes them later: zero once.
+            for id in 0..n {
+                // SAFETY: slot `id` lies in the tx buffer area of our mapping; no descriptor is
+                // in flight yet, so the device is not reading it.
+                unsafe { std::ptr::write_bytes(pair.tx.slot_ptr(id), 0, hdr) };
+            }
+            for id in 0..n {
+                let d = Desc {
+                    addr: pair.rx.slot_gpa(id),
+                    len: pair.rx.slot_len,
+                    flags: VIRTQ_DESC_F_WRITE,
+                    next: 0,
+                };
+                pair.rx.ring.write_desc(id, d);
+            }
+            self.refill_rx_on(qp);
         }
-        // Tx headers are all-zero (no offloads) and nothing writes them later: zero them once.
-        for id in 0..n {
-            // SAFETY: slot `id` lies in the tx buffer area of our mapping; no descriptor is in
-            // flight yet, so the device is not reading it.
-            unsafe { std::ptr::write_bytes(self.tx.slot_ptr(id), 0, self.hdr_len) };
-        }
-        self.rx.ring.suppress_interrupts();
-        self.tx.ring.suppress_interrupts();
-        for id in 0..n {
-            let d = Desc {
-                addr: self.rx.slot_gpa(id),
-                len: self.rx.slot_len,
-                flags: VIRTQ_DESC_F_WRITE,
-                next: 0,
-            };
-            self.rx.ring.write_desc(id, d);
-        }
-        self.refill_rx();
     }
 
     /// The virtio-net header length in use (10 or 12).
@@ -363,13 +403,56 @@ impl PortDatapath {
 
     /// Largest frame [`send`](Self::send) accepts.
     pub fn max_tx_frame(&self) -> usize {
-        self.tx.slot_len as usize - self.hdr_len
+        self.pairs[0].tx.slot_len as usize - self.hdr_len
     }
 
-    /// Tx descriptors free right now (after reclaiming completed ones).
+    /// Number of queue pairs.
+    pub fn queue_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Tx descriptors of pair 0 free right now (after reclaiming completed ones).
     pub fn tx_free(&mut self) -> usize {
-        self.reclaim_tx();
-        self.tx.free.len()
+        self.tx_free_on(0)
+    }
+
+    /// Tx descriptors of pair `qp` free right now.
+    pub fn tx_free_on(&mut self, qp: usize) -> usize {
+        self.reclaim_tx_on(qp);
+        self.pairs[qp].tx.free.len()
+    }
+
+    /// Returns completed tx descriptors of every pair to the free stacks.
+    pub fn reclaim_tx(&mut self) {
+        for qp in 0..self.pairs.len() {
+            self.reclaim_tx_on(qp);
+        }
+    }
+
+    /// [`send_with_on`](Self::send_with_on) on pair 0.
+    #[inline]
+    pub fn send_with(
+        &mut self,
+        count: usize,
+        fill: impl FnMut(usize, &mut [u8]) -> usize,
+    ) -> usize {
+        self.send_with_on(0, count, fill)
+    }
+
+    /// [`send_on`](Self::send_on) on pair 0.
+    pub fn send(&mut self, frames: &[&[u8]]) -> usize {
+        self.send_on(0, frames)
+    }
+
+    /// [`recv_on`](Self::recv_on) on pair 0.
+    #[inline]
+    pub fn recv(&mut self, f: impl FnMut(&[u8])) -> usize {
+        self.recv_on(0, f)
+    }
+
+    /// [`post_raw_tx_chain_on`](Self::post_raw_tx_chain_on) on pair 0.
+    pub fn post_raw_tx_chain(&mut self, descs: &[RawDesc]) -> Result<u16, FrontendError> {
+        self.post_raw_tx_chain_on(0, descs)
     }
 
     /// Frontend counters.
@@ -377,53 +460,56 @@ impl PortDatapath {
         self.stats
     }
 
-    /// Returns completed tx descriptors to the free stack.
-    pub fn reclaim_tx(&mut self) {
-        let pending = self.tx.ring.used_pending();
+    /// Returns completed tx descriptors of pair `qp` to the free stack.
+    pub fn reclaim_tx_on(&mut self, qp: usize) {
+        let pair = &mut self.pairs[qp];
+        let pending = pair.tx.ring.used_pending();
         if pending == 0 {
             return;
         }
-        let size = self.tx.ring.size();
+        let size = pair.tx.ring.size();
         for i in 0..pending {
-            let (id, _) = self.tx.ring.used_elem(i);
-            if id >= size as u32 || !self.tx.in_flight[id as usize] {
+            let (id, _) = pair.tx.ring.used_elem(i);
+            if id >= size as u32 || !pair.tx.in_flight[id as usize] {
                 self.stats.bad_used += 1;
                 continue;
             }
             let head = id as u16;
-            self.tx.in_flight[head as usize] = false;
-            if self.raw_chains[head as usize].is_empty() {
-                self.tx.free.push(head);
+            pair.tx.in_flight[head as usize] = false;
+            if pair.raw_chains[head as usize].is_empty() {
+                pair.tx.free.push(head);
             } else {
-                let ids = std::mem::take(&mut self.raw_chains[head as usize]);
+                let ids = std::mem::take(&mut pair.raw_chains[head as usize]);
                 for &d in &ids {
-                    self.tx.free.push(d);
+                    pair.tx.free.push(d);
                 }
                 self.stats.raw_completed += 1;
             }
         }
-        self.tx.ring.consume_used(pending);
+        pair.tx.ring.consume_used(pending);
     }
 
     /// Queues up to `count` frames that `fill(i, buf)` writes straight into tx buffers (after the
     /// header), returning each frame's length (at most `buf.len()`; 0 stops the burst). Publishes
     /// once and kicks only if the device asked. Returns how many frames were queued.
     #[inline]
-    pub fn send_with(
+    pub fn send_with_on(
         &mut self,
+        qp: usize,
         count: usize,
         mut fill: impl FnMut(usize, &mut [u8]) -> usize,
     ) -> usize {
-        if self.tx.free.len() < count {
-            self.reclaim_tx();
+        if self.pairs[qp].tx.free.len() < count {
+            self.reclaim_tx_on(qp);
         }
-        let n = count.min(self.tx.free.len());
+        let pair = &mut self.pairs[qp];
+        let n = count.min(pair.tx.free.len());
         let hdr = self.hdr_len;
-        let room = self.tx.slot_len as usize - hdr;
+        let room = pair.tx.slot_len as usize - hdr;
         let mut sent = 0;
         while sent < n {
-            let id = *self.tx.free.last().expect("n <= free.len()");
-            let p = self.tx.slot_ptr(id);
+            let id = *pair.tx.free.last().expect("n <= free.len()");
+            let p = pair.tx.slot_ptr(id);
             // SAFETY: the slot is `slot_len` bytes inside our mapping and its descriptor is free,
             // so the device is not reading it.
             let buf = unsafe { std::slice::from_raw_parts_mut(p.add(hdr), room) };
@@ -431,32 +517,33 @@ impl PortDatapath {
             if len == 0 {
                 break;
             }
-            self.tx.free.pop();
-            self.tx.ring.write_desc(
+            pair.tx.free.pop();
+            pair.tx.ring.write_desc(
                 id,
                 Desc {
-                    addr: self.tx.slot_gpa(id),
+                    addr: pair.tx.slot_gpa(id),
                     len: (hdr + len) as u32,
                     flags: 0,
                     next: 0,
                 },
             );
-            self.tx.in_flight[id as usize] = true;
-            self.tx.ring.push_avail(id);
+            pair.tx.in_flight[id as usize] = true;
+            pair.tx.ring.push_avail(id);
             sent += 1;
         }
-        if self.tx.ring.publish() {
-            self.tx.kick();
+        if pair.tx.ring.publish() {
+            pair.tx.kick();
             self.stats.tx_kicks += 1;
         }
         sent
     }
 
-    /// Queues frames (burst): header + frame per descriptor, one publish. Frames longer than
-    /// [`max_tx_frame`](Self::max_tx_frame) end the burst. Returns how many were queued.
-    pub fn send(&mut self, frames: &[&[u8]]) -> usize {
+    /// Queues frames on pair `qp` (burst): header + frame per descriptor, one publish. Frames
+    /// longer than [`max_tx_frame`](Self::max_tx_frame) end the burst. Returns how many were
+    /// queued.
+    pub fn send_on(&mut self, qp: usize, frames: &[&[u8]]) -> usize {
         let max = self.max_tx_frame();
-        self.send_with(frames.len(), |i, buf| {
+        self.send_with_on(qp, frames.len(), |i, buf| {
             let f = frames[i];
             if f.len() > max || f.is_empty() {
                 return 0;
@@ -469,22 +556,23 @@ impl PortDatapath {
     /// Drains completed rx buffers: strips the header, gathers mergeable buffers, calls `f` with
     /// each frame, then refills the ring (unless paused) with one publish. Returns frames seen.
     #[inline]
-    pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let pending = self.rx.ring.used_pending();
-        let size = self.rx.ring.size();
+    pub fn recv_on(&mut self, qp: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let pair = &mut self.pairs[qp];
+        let pending = pair.rx.ring.used_pending();
+        let size = pair.rx.ring.size();
         let hdr = self.hdr_len;
-        let slot_len = self.rx.slot_len;
+        let slot_len = pair.rx.slot_len;
         let mut i = 0u16;
         let mut frames = 0;
         while i < pending {
-            let (id, len) = self.rx.ring.used_elem(i);
-            if id >= size as u32 || !self.rx.in_flight[id as usize] {
+            let (id, len) = pair.rx.ring.used_elem(i);
+            if id >= size as u32 || !pair.rx.in_flight[id as usize] {
                 self.stats.bad_used += 1;
                 i += 1;
                 continue;
             }
             let id = id as u16;
-            let p = self.rx.slot_ptr(id);
+            let p = pair.rx.slot_ptr(id);
             let len = if len > slot_len {
                 self.stats.bad_rx_len += 1;
                 slot_len
@@ -520,41 +608,42 @@ impl PortDatapath {
                     std::slice::from_raw_parts(p.add(hdr), len - hdr)
                 });
                 for k in 1..nbufs {
-                    let (id2, len2) = self.rx.ring.used_elem(i + k);
-                    if id2 >= size as u32 || !self.rx.in_flight[id2 as usize] {
+                    let (id2, len2) = pair.rx.ring.used_elem(i + k);
+                    if id2 >= size as u32 || !pair.rx.in_flight[id2 as usize] {
                         self.stats.bad_used += 1;
                         continue;
                     }
                     let len2 = (len2.min(slot_len)) as usize;
-                    let p2 = self.rx.slot_ptr(id2 as u16);
+                    let p2 = pair.rx.slot_ptr(id2 as u16);
                     // SAFETY: the continuation buffer is completed and in bounds; it carries
                     // no header.
                     self.gather
                         .extend_from_slice(unsafe { std::slice::from_raw_parts(p2, len2) });
-                    self.rx.in_flight[id2 as usize] = false;
-                    self.rx.free.push(id2 as u16);
+                    pair.rx.in_flight[id2 as usize] = false;
+                    pair.rx.free.push(id2 as u16);
                 }
                 f(&self.gather);
                 frames += 1;
             }
-            self.rx.in_flight[id as usize] = false;
-            self.rx.free.push(id);
+            pair.rx.in_flight[id as usize] = false;
+            pair.rx.free.push(id);
             i += nbufs;
         }
-        self.rx.ring.consume_used(i);
+        pair.rx.ring.consume_used(i);
         if !self.rx_paused {
-            self.refill_rx();
+            self.refill_rx_on(qp);
         }
         frames
     }
 
-    fn refill_rx(&mut self) {
-        while let Some(id) = self.rx.free.pop() {
-            self.rx.in_flight[id as usize] = true;
-            self.rx.ring.push_avail(id);
+    fn refill_rx_on(&mut self, qp: usize) {
+        let pair = &mut self.pairs[qp];
+        while let Some(id) = pair.rx.free.pop() {
+            pair.rx.in_flight[id as usize] = true;
+            pair.rx.ring.push_avail(id);
         }
-        if self.rx.ring.publish() {
-            self.rx.kick();
+        if pair.rx.ring.publish() {
+            pair.rx.kick();
             self.stats.rx_kicks += 1;
         }
     }
@@ -564,28 +653,38 @@ impl PortDatapath {
     pub fn set_rx_paused(&mut self, paused: bool) {
         self.rx_paused = paused;
         if !paused {
-            self.refill_rx();
+            for qp in 0..self.pairs.len() {
+                self.refill_rx_on(qp);
+            }
         }
     }
 
-    /// Rx buffers currently owned by the device.
+    /// Rx buffers currently owned by the device, over all pairs.
     pub fn rx_posted(&self) -> usize {
-        self.rx.ring.size() as usize - self.rx.free.len()
+        self.pairs
+            .iter()
+            .map(|p| p.rx.ring.size() as usize - p.rx.free.len())
+            .sum()
     }
 
     /// Writes `descs` into free tx descriptors as one chain exactly as given (see [`RawDesc`]),
     /// publishes it and kicks if asked. Returns the head id. The descriptors return to the free
     /// pool if and when the device reports the head as used.
-    pub fn post_raw_tx_chain(&mut self, descs: &[RawDesc]) -> Result<u16, FrontendError> {
-        self.reclaim_tx();
-        if descs.is_empty() || descs.len() > self.tx.free.len() {
+    pub fn post_raw_tx_chain_on(
+        &mut self,
+        qp: usize,
+        descs: &[RawDesc],
+    ) -> Result<u16, FrontendError> {
+        self.reclaim_tx_on(qp);
+        let pair = &mut self.pairs[qp];
+        if descs.is_empty() || descs.len() > pair.tx.free.len() {
             return Err(FrontendError::NoFreeDescriptors {
                 wanted: descs.len(),
-                free: self.tx.free.len(),
+                free: pair.tx.free.len(),
             });
         }
         let ids: Vec<u16> = (0..descs.len())
-            .map(|_| self.tx.free.pop().unwrap())
+            .map(|_| pair.tx.free.pop().unwrap())
             .collect();
         for (k, d) in descs.iter().enumerate() {
             let next = if d.flags & VIRTQ_DESC_F_NEXT != 0 && (d.next as usize) < ids.len() {
@@ -593,7 +692,7 @@ impl PortDatapath {
             } else {
                 d.next
             };
-            self.tx.ring.write_desc(
+            pair.tx.ring.write_desc(
                 ids[k],
                 Desc {
                     addr: d.addr,
@@ -604,11 +703,11 @@ impl PortDatapath {
             );
         }
         let head = ids[0];
-        self.tx.in_flight[head as usize] = true;
-        self.raw_chains[head as usize] = ids;
-        self.tx.ring.push_avail(head);
-        if self.tx.ring.publish() {
-            self.tx.kick();
+        pair.tx.in_flight[head as usize] = true;
+        pair.raw_chains[head as usize] = ids;
+        pair.tx.ring.push_avail(head);
+        if pair.tx.ring.publish() {
+            pair.tx.kick();
             self.stats.tx_kicks += 1;
         }
         Ok(head)
@@ -653,8 +752,15 @@ impl VhostUserPort {
     /// Allocates memory and rings, connects (or listens) and runs the vhost-user set-up.
     pub fn connect(cfg: &PortConfig) -> Result<Self, FrontendError> {
         let mut dp = PortDatapath::new(cfg)?;
-        let mut frontend = vhost_setup::connect(&cfg.socket, cfg.listen, cfg.connect_timeout, 2)?;
-        let setup = VhostUserSetup::new(cfg.features, vec![dp.memory_region()], dp.queue_setups());
+        let vrings = 2 * dp.queue_pairs() as u64;
+        let mut frontend =
+            vhost_setup::connect(&cfg.socket, cfg.listen, cfg.connect_timeout, vrings)?;
+        let mut setup =
+            VhostUserSetup::new(cfg.features, vec![dp.memory_region()], dp.queue_setups());
+        if dp.queue_pairs() > 1 {
+            setup.features |= features::VIRTIO_NET_F_MQ | VHOST_USER_F_PROTOCOL_FEATURES;
+            setup.required_features |= features::VIRTIO_NET_F_MQ | VHOST_USER_F_PROTOCOL_FEATURES;
+        }
         let negotiated = vhost_setup::setup_vhost_user(&mut frontend, &setup)?;
         // Rx buffers are posted after SET_VRING_ENABLE: the device starts at avail index 0 and
         // sees the buffers on its next poll.

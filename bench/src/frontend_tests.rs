@@ -13,8 +13,13 @@ const F_V1_MRG_EVIDX: u64 = features::VIRTIO_F_VERSION_1
     | features::VIRTIO_RING_F_EVENT_IDX;
 
 fn datapath(queue_size: u16, rx_buffer_len: u32) -> PortDatapath {
+    datapath_mq(queue_size, rx_buffer_len, 1)
+}
+
+fn datapath_mq(queue_size: u16, rx_buffer_len: u32, queue_pairs: u16) -> PortDatapath {
     let cfg = PortConfig {
         queue_size,
+        queue_pairs,
         rx_buffer_len,
         huge: HugePolicy::Never,
         name: "unit".into(),
@@ -33,7 +38,7 @@ fn device_memory(dp: &PortDatapath) -> GuestMemoryMmap {
 
 fn device_queue(dp: &PortDatapath, mem: &GuestMemoryMmap, vring: usize, event_idx: bool) -> Queue {
     let (d, a, u) = dp.ring_gpas(vring);
-    let mut q = Queue::new(dp.rx.ring.size()).unwrap();
+    let mut q = Queue::new(dp.pairs[0].rx.ring.size()).unwrap();
     q.try_set_desc_table_address(GuestAddress(d)).unwrap();
     q.try_set_avail_ring_address(GuestAddress(a)).unwrap();
     q.try_set_used_ring_address(GuestAddress(u)).unwrap();
@@ -221,7 +226,7 @@ fn raw_chain_is_written_as_given_and_reclaimed() {
             next: 500,
         }])
         .unwrap();
-    let d = dp.tx.ring.read_desc(head);
+    let d = dp.pairs[0].tx.ring.read_desc(head);
     assert_eq!(
         (d.next, d.flags),
         (500, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)
@@ -258,4 +263,39 @@ fn kicks_follow_device_suppression() {
     device_drain_tx(&mut txq, &mem);
     dp.send(&[&f]); // avail_event still 1: no kick
     assert_eq!(dp.stats().tx_kicks, 2);
+}
+
+#[test]
+fn queue_pairs_are_independent_rings() {
+    let mut dp = datapath_mq(8, 2048, 3);
+    dp.start(F_V1_MRG_EVIDX);
+    assert_eq!(dp.queue_pairs(), 3);
+    assert_eq!(dp.queue_setups().len(), 6);
+    assert_eq!(dp.rx_posted(), 24);
+    let mem = device_memory(&dp);
+    let mut tx2 = device_queue(&dp, &mem, 5, true);
+    let mut rx1 = device_queue(&dp, &mem, 2, true);
+    let mut tx0 = device_queue(&dp, &mem, TX_QUEUE, true);
+    let f = frame(80, 2);
+    assert_eq!(dp.send_on(2, &[&f, &f]), 2);
+    assert!(
+        device_drain_tx(&mut tx0, &mem).is_empty(),
+        "pair 0 saw pair 2's frames"
+    );
+    let got = device_drain_tx(&mut tx2, &mem);
+    assert_eq!(got.len(), 2);
+    assert_eq!(&got[0][12..], f.as_slice());
+    assert!(device_deliver(&mut rx1, &mem, &f));
+    assert_eq!(dp.recv(|_| {}), 0, "pair 0 has nothing");
+    let mut seen = Vec::new();
+    assert_eq!(dp.recv_on(1, |fr| seen.push(fr.to_vec())), 1);
+    assert_eq!(seen, vec![f]);
+    assert_eq!(dp.tx_free_on(2), 8);
+    assert!(matches!(
+        PortDatapath::new(&PortConfig {
+            queue_pairs: 0,
+            ..Default::default()
+        }),
+        Err(FrontendError::BadQueuePairs(0))
+    ));
 }

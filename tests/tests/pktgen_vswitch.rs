@@ -211,3 +211,43 @@ fn pktgen_listens_for_a_client_mode_vswitch() {
     assert_eq!(u(d, "lost"), 0, "{d}");
     assert_eq!(u(d, "corrupted"), 0, "{d}");
 }
+
+#[test]
+fn frontend_with_two_queue_pairs_passes_frames_on_both_through_vswitch() {
+    use bench::frontend::{PortConfig, VhostUserPort};
+    if skip_unless(
+        switchyard_tests::is_root(),
+        "needs root (hugepages, pinning)",
+    ) {
+        return;
+    }
+    let s = Scratch::new("pktgen-mq");
+    let _switch = start_switch(&s);
+    let attach = |name: &str| {
+        VhostUserPort::connect(&PortConfig {
+            queue_pairs: 2,
+            name: format!("mq-{name}"),
+            ..PortConfig::new(s.path(name))
+        })
+        .expect("attach with 2 queue pairs")
+    };
+    let mut a = attach("p0.sock");
+    let mut b = attach("p1.sock");
+    assert_eq!(a.queue_pairs(), 2);
+    let mut frame = vec![0u8; 60];
+    frame[0..6].copy_from_slice(&[0xff; 6]); // broadcast: flooded to the other port
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xa1]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let mut got = 0;
+    for qp in 0..2 {
+        frame[20] = qp as u8;
+        assert_eq!(a.send_on(qp, &[&frame]), 1);
+    }
+    let ok = wait_until(Duration::from_secs(5), || {
+        for qp in 0..2 {
+            got += b.recv_on(qp, |f| assert_eq!(f.len(), 60));
+        }
+        got >= 2
+    });
+    assert!(ok, "{got} of 2 frames sent on two tx queues arrived");
+}
