@@ -7,7 +7,7 @@
 //! interrupt decision per destination), then the source buffers are returned with one publish.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use crate::fdb::{is_group, mac_from_bytes, Fdb};
@@ -88,8 +88,58 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
-/// A device ring shared by PMDs.
-pub type QueueRt = SpinLock<DeviceRing>;
+/// A device ring shared by PMDs, with a lock-free "anything to do?" check.
+///
+/// Polling an empty ring must be cheap: a PMD polls every ring it owns on every iteration, and
+/// a `lock cmpxchg` per empty poll was most of its time with one idle port. So the consumer
+/// mirrors its position in `consumed` and a poll first compares it with the driver's avail
+/// index (two plain loads), taking the lock only when they differ.
+pub struct QueueRt {
+    ring: SpinLock<DeviceRing>,
+    avail_idx: *const AtomicU16,
+    consumed: AtomicU16,
+}
+
+// SAFETY: `avail_idx` points into guest memory kept alive by the ring inside (an Arc'd memory
+// table) and is only read atomically; everything else is Sync by itself.
+unsafe impl Sync for QueueRt {}
+// SAFETY: as above; the pointer carries no thread affinity.
+unsafe impl Send for QueueRt {}
+
+impl QueueRt {
+    pub fn new(ring: DeviceRing) -> Self {
+        QueueRt {
+            avail_idx: ring.avail_idx_ptr(),
+            consumed: AtomicU16::new(ring.last_avail()),
+            ring: SpinLock::new(ring),
+        }
+    }
+
+    /// True when the driver may have posted buffers not yet consumed (a hint: racy by design,
+    /// re-checked under the lock).
+    #[inline(always)]
+    pub fn maybe_ready(&self) -> bool {
+        // SAFETY: see the Sync impl: valid while `self.ring` lives, which `self` guarantees.
+        let avail = unsafe { &*self.avail_idx }.load(Ordering::Relaxed);
+        avail != self.consumed.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, DeviceRing>> {
+        self.ring.try_lock()
+    }
+
+    #[inline(always)]
+    pub fn lock(&self) -> SpinGuard<'_, DeviceRing> {
+        self.ring.lock()
+    }
+
+    /// Records how far the consumer got (call with the lock held, after a burst).
+    #[inline(always)]
+    fn set_consumed(&self, last_avail: u16) {
+        self.consumed.store(last_avail, Ordering::Relaxed);
+    }
+}
 
 /// How frames reach a port.
 pub enum PortOut {
@@ -232,6 +282,9 @@ impl Forwarder<'_> {
     }
 
     fn poll_vhost(&self, port: u8, queue: &QueueRt, hdr_len: usize, ws: &mut Workspace) -> usize {
+        if !queue.maybe_ready() {
+            return 0;
+        }
         let Some(mut ring) = queue.try_lock() else {
             return 0;
         };
@@ -281,6 +334,7 @@ impl Forwarder<'_> {
         for p in ws.pkts[..n].iter() {
             ring.push_used(p.head, 0);
         }
+        queue.set_consumed(ring.last_avail());
         if ring.publish() {
             self.counters.interrupts.add(1);
         }

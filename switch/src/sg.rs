@@ -79,10 +79,11 @@ pub unsafe fn copy(src: &[Seg], src_off: usize, dst: &[Seg], dst_off: usize, len
     if let (Some(s), Some(d)) = (src.first(), dst.first()) {
         if src_off + len <= s.len as usize && dst_off + len <= d.len as usize {
             // SAFETY: both ranges are inside one segment each (checked just above), which the
-            // caller guarantees valid. `ptr::copy` tolerates overlap, which a hostile frontend
-            // could arrange between two of its own ports. Guest memory may change under us; the
-            // copy then carries whatever bytes it saw, which only affects that guest's frame.
-            unsafe { std::ptr::copy(s.ptr.add(src_off), d.ptr.add(dst_off), len) };
+            // caller guarantees valid. Overlap (which a hostile frontend could arrange between
+            // two of its own ports) is tolerated by both copies below. Guest memory may change
+            // under us; the copy then carries whatever bytes it saw, which only affects that
+            // guest's frame.
+            unsafe { copy_bytes(s.ptr.add(src_off), d.ptr.add(dst_off), len) };
             return true;
         }
     }
@@ -98,7 +99,7 @@ pub unsafe fn copy(src: &[Seg], src_off: usize, dst: &[Seg], dst_off: usize, len
         let n = left.min(s.len as usize - so).min(d.len as usize - d_o);
         // SAFETY: `so + n <= s.len` and `d_o + n <= d.len` by the min above; the caller
         // guarantees each segment valid. Overlap tolerated as above.
-        unsafe { std::ptr::copy(s.ptr.add(so), d.ptr.add(d_o), n) };
+        unsafe { copy_bytes(s.ptr.add(so), d.ptr.add(d_o), n) };
         left -= n;
         so += n;
         d_o += n;
@@ -112,6 +113,37 @@ pub unsafe fn copy(src: &[Seg], src_off: usize, dst: &[Seg], dst_off: usize, len
         }
     }
     true
+}
+
+/// Copies `len` bytes. Small copies (every 64-byte frame and every header) are done inline in
+/// 16-byte unaligned loads and stores: a call into the C library's memmove cost the PMD more
+/// than the copy itself. Larger ones use memmove.
+///
+/// # Safety
+/// `src..src+len` must be readable and `dst..dst+len` writable. They may overlap: the inline
+/// path then produces unspecified bytes in `dst` (only a hostile frontend's own frame), never
+/// an access outside the two ranges.
+#[inline(always)]
+unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
+    if len > 128 {
+        // SAFETY: the caller guarantees both ranges; memmove handles overlap.
+        unsafe { std::ptr::copy(src, dst, len) };
+        return;
+    }
+    let mut off = 0;
+    while off + 16 <= len {
+        // SAFETY: off + 16 <= len keeps both 16-byte accesses inside their ranges.
+        unsafe {
+            let v = std::ptr::read_unaligned(src.add(off) as *const [u8; 16]);
+            std::ptr::write_unaligned(dst.add(off) as *mut [u8; 16], v);
+        }
+        off += 16;
+    }
+    while off < len {
+        // SAFETY: off < len.
+        unsafe { *dst.add(off) = *src.add(off) };
+        off += 1;
+    }
 }
 
 /// Finds (segment index, offset in it) of byte `off`, provided `off + len` bytes exist.

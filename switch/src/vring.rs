@@ -204,6 +204,12 @@ impl DeviceRing {
         Ok(ring)
     }
 
+    /// The driver's avail index in guest memory. Valid as long as this ring (which holds the
+    /// memory table alive) exists.
+    pub fn avail_idx_ptr(&self) -> *const AtomicU16 {
+        self.avail_idx
+    }
+
     fn avail_idx(&self) -> &AtomicU16 {
         // SAFETY: points inside the checked avail area, aligned; lives as long as `self.mem`.
         unsafe { &*self.avail_idx }
