@@ -29,14 +29,10 @@ enum Cmd {
     Run(RunArgs),
     /// Talk to a running switch (like ovs-vsctl / ovs-appctl).
     Ctl(CtlArgs),
-    /// Show hugepage pools, or reserve pages (root).
+    /// Show hugepage pools (`vswitch hugepages`), or reserve pages (`vswitch hugepages reserve N`, root).
     Hugepages {
-        /// Make sure at least this many pages are free.
-        #[arg(long)]
-        reserve: Option<usize>,
-        /// Page size: 2M or 1G.
-        #[arg(long, default_value = "2M")]
-        size: String,
+        #[command(subcommand)]
+        cmd: Option<HugepagesCmd>,
     },
 }
 
@@ -66,6 +62,17 @@ struct RunArgs {
     /// Let idle PMDs sleep up to this many microseconds between polls (0: pure polling).
     #[arg(long)]
     pmd_max_sleep_us: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum HugepagesCmd {
+    /// Make sure at least N pages are free, raising the pool as needed (root).
+    Reserve {
+        pages: usize,
+        /// Page size: 2M or 1G.
+        #[arg(long, default_value = "2M")]
+        size: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -139,7 +146,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(args) => run(args),
         Cmd::Ctl(args) => ctl_cmd(args),
-        Cmd::Hugepages { reserve, size } => hugepages_cmd(reserve, &size),
+        Cmd::Hugepages { cmd } => hugepages_cmd(cmd),
     };
     match result {
         Ok(code) => code,
@@ -296,10 +303,10 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn hugepages_cmd(reserve: Option<usize>, size: &str) -> Result<ExitCode, AnyError> {
-    let page: hugepages::PageSize = size.parse()?;
-    if let Some(n) = reserve {
-        let p = hugepages::ensure_free(page, n)?;
+fn hugepages_cmd(cmd: Option<HugepagesCmd>) -> Result<ExitCode, AnyError> {
+    if let Some(HugepagesCmd::Reserve { pages, size }) = cmd {
+        let page: hugepages::PageSize = size.parse()?;
+        let p = hugepages::ensure_free(page, pages)?;
         println!("{} pages: {} reserved, {} free", p.page, p.total, p.free);
         return Ok(ExitCode::SUCCESS);
     }
