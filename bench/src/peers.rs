@@ -171,15 +171,37 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, PeerError> {
     std::fs::File::create(&p).map_err(|e| PeerError::Dir(p, e))
 }
 
+/// Lets the child run on every CPU: pktgen pins itself to its generator core, and a child would
+/// inherit that one-core mask (vswitch then reports "core 1 does not exist").
+fn unpinned(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET only sets bits within it.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        set
+    };
+    // SAFETY: the closure runs between fork and exec and only makes the sched_setaffinity
+    // system call on a set prepared before the fork (async-signal-safe, no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        })
+    }
+}
+
 fn spawn(what: &str, cmd: &mut Command) -> Result<Child, PeerError> {
-    cmd.spawn().map_err(|e| PeerError::Command {
+    unpinned(cmd).spawn().map_err(|e| PeerError::Command {
         what: what.to_string(),
         detail: e.to_string(),
     })
 }
 
 fn run_ok(what: &str, cmd: &mut Command) -> Result<(), PeerError> {
-    let out = cmd.output().map_err(|e| PeerError::Command {
+    let out = unpinned(cmd).output().map_err(|e| PeerError::Command {
         what: what.to_string(),
         detail: e.to_string(),
     })?;
