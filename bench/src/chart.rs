@@ -162,6 +162,7 @@ mod tests {
             size: SizeMix::Fixed(size),
             samples_rx_mpps: vec![mpps],
             rx_mpps: mpps,
+            best_rx_mpps: mpps,
             rx_gbps: 1.0,
             loss_pct: 0.0,
             latency: None,
