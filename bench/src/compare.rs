@@ -477,3 +477,71 @@ mod tests {
         assert!((r[0].vswitch_over_peer - 1.25).abs() < 1e-9);
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    /// The documented `switchyard.pktgen.compare/1` keys (bench/README.md).
+    #[test]
+    fn compare_json_schema_is_stable() {
+        let r = CompareReport {
+            schema: COMPARE_SCHEMA.into(),
+            sizes: vec![SizeMix::Fixed(64)],
+            duration_s: 10.0,
+            samples: 3,
+            latency_rate: Rate::Pps(1e5),
+            pmd_core: 1,
+            machine: Machine::probe(Some(0), None, 2048),
+            switches: vec![SwitchStatus {
+                name: "ovs-dpdk".into(),
+                status: "skipped".into(),
+                reason: Some("not installed".into()),
+            }],
+            results: vec![Measurement {
+                switch: "vswitch".into(),
+                size: SizeMix::Fixed(64),
+                samples_rx_mpps: vec![1.0, 2.0, 3.0],
+                rx_mpps: 2.0,
+                best_rx_mpps: 3.0,
+                rx_gbps: 1.3,
+                loss_pct: 0.0,
+                latency: None,
+            }],
+            ratios: vec![Ratio {
+                size: SizeMix::Fixed(64),
+                peer: "testpmd".into(),
+                vswitch_over_peer: 0.9,
+            }],
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        for path in [
+            "/schema",
+            "/sizes/0/fixed",
+            "/duration_s",
+            "/samples",
+            "/latency_rate/pps",
+            "/pmd_core",
+            "/machine/cpu_model",
+            "/switches/0/name",
+            "/switches/0/status",
+            "/switches/0/reason",
+            "/results/0/switch",
+            "/results/0/size/fixed",
+            "/results/0/samples_rx_mpps/2",
+            "/results/0/rx_mpps",
+            "/results/0/best_rx_mpps",
+            "/results/0/rx_gbps",
+            "/results/0/loss_pct",
+            "/results/0/latency",
+            "/ratios/0/size",
+            "/ratios/0/peer",
+            "/ratios/0/vswitch_over_peer",
+        ] {
+            assert!(v.pointer(path).is_some(), "missing {path} in {v}");
+        }
+        assert_eq!(v["schema"], "switchyard.pktgen.compare/1");
+        assert!(format_report(&r).contains("vswitch / testpmd at 64 B: 0.90x"));
+        assert!(format_report(&r).contains("skipped ovs-dpdk: not installed"));
+    }
+}
