@@ -9,8 +9,8 @@ pub fn ports_table(ports: &[PortInfo]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} {}",
-        "ID", "PORT", "TYPE", "MODE", "STATE", "QPS", "TARGET"
+        "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} TARGET",
+        "ID", "PORT", "TYPE", "MODE", "STATE", "QPS"
     );
     for p in ports {
         let _ = writeln!(
@@ -112,7 +112,7 @@ pub fn rings_table(rows: &[RingRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<4} {:<11} {:>5} {:>10} {:>9} {:>8} {:>11} {:>10} {}",
+        "{:<4} {:<11} {:>5} {:>10} {:>9} {:>8} {:>11} {:>10} EVENT-IDX",
         "QP",
         "DIRECTION",
         "SIZE",
@@ -120,8 +120,7 @@ pub fn rings_table(rows: &[RingRow]) -> String {
         "AVAIL-IDX",
         "USED-IDX",
         "AVAIL-FLAGS",
-        "USED-FLAGS",
-        "EVENT-IDX"
+        "USED-FLAGS"
     );
     for r in rows {
         let st = &r.state;

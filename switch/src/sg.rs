@@ -130,9 +130,9 @@ unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
         unsafe { std::ptr::copy(src, dst, len) };
         return;
     }
-    // SAFETY (all arms): every access lies inside [0, len) of both ranges; overlapping windows
-    // re-copy bytes already read from `src`, which gives the same result unless the ranges
-    // themselves overlap (see above).
+    // SAFETY: every access in every arm lies inside [0, len) of both ranges; overlapping
+    // windows re-copy bytes already read from `src`, which gives the same result unless the
+    // ranges themselves overlap (see above).
     unsafe {
         if len >= 16 {
             let mut off = 0;

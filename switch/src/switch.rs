@@ -443,9 +443,10 @@ impl SwitchCore {
                     ),
                     PortKind::Tap { ifname } => ("tap", ifname.clone(), "-"),
                 };
-                let state = if e.tap.is_some() {
-                    "up"
-                } else if !e.queues.to_guest.is_empty() || !e.queues.from_guest.is_empty() {
+                let state = if e.tap.is_some()
+                    || !e.queues.to_guest.is_empty()
+                    || !e.queues.from_guest.is_empty()
+                {
                     "up"
                 } else if e.session.connected {
                     "connected"

@@ -44,6 +44,8 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot allocate receive buffers for a TAP")]
+    Buffers(#[source] hugepages::Error),
     #[error("cannot bring TAP {name} up")]
     Up {
         name: String,
@@ -71,9 +73,9 @@ impl IfReq {
     }
 }
 
-/// Receive buffers, used only by the PMD that polls the TAP.
+/// Receive buffers (hugepage-backed when pages are free), used only by the PMD polling the TAP.
 pub struct TapRxBufs {
-    bufs: Vec<u8>,
+    mem: hugepages::SharedMemory,
 }
 
 /// A TAP port's datapath object.
@@ -121,7 +123,12 @@ impl TapRt {
             file,
             ifname: ifname.to_string(),
             rx: SpinLock::new(TapRxBufs {
-                bufs: vec![0u8; SLOT * BURST],
+                mem: hugepages::SharedMemory::new(
+                    &format!("tap-{ifname}"),
+                    SLOT * BURST,
+                    hugepages::HugePolicy::default(),
+                )
+                .map_err(TapError::Buffers)?,
             }),
         })
     }
@@ -156,15 +163,16 @@ pub fn poll(
     tap: &TapRt,
     ws: &mut crate::datapath::Workspace,
 ) -> usize {
-    let Some(mut rx) = tap.rx.try_lock() else {
+    let Some(rx) = tap.rx.try_lock() else {
         return 0;
     };
-    let base = rx.bufs.as_mut_ptr();
+    let base = rx.mem.as_ptr();
     let mut n = 0;
     let mut union = 0u64;
     let (mut rx_packets, mut rx_bytes, mut errors) = (0u64, 0u64, 0u64);
     while n < BURST {
-        // SAFETY: slot n lies inside `bufs` (SLOT * BURST bytes), which we hold exclusively.
+        // SAFETY: slot n lies inside `mem` (at least SLOT * BURST bytes), which we hold
+        // exclusively (nobody else maps it).
         let slot = unsafe { base.add(n * SLOT) };
         // SAFETY: reading at most SLOT bytes into our own slot.
         let got = unsafe { libc::read(tap.file.as_raw_fd(), slot as *mut libc::c_void, SLOT) };

@@ -155,7 +155,7 @@ impl DeviceRing {
         }
         let n = size as u64;
         let area = |area: &'static str, addr: u64, len: u64, align: u64| {
-            if addr % align != 0 {
+            if !addr.is_multiple_of(align) {
                 return Err(RingError::Misaligned { area, addr, align });
             }
             mem.translate_va(addr, len)
