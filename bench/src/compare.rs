@@ -441,12 +441,15 @@ pub fn format_report(r: &CompareReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nOne PMD on core {}, pktgen on core {}, {} s trials at max rate; latency one-way at {} ({}).\n",
+        "\nOne PMD on core {}, pktgen on core {}, {} s trials at max rate; latency one-way at {} ({}, load average {:.1} {:.1} {:.1}).\n",
         r.pmd_core,
         r.machine.tx_core.unwrap_or(0),
         r.duration_s,
         r.latency_rate,
-        r.machine.cpu_model
+        r.machine.cpu_model,
+        r.machine.load_avg[0],
+        r.machine.load_avg[1],
+        r.machine.load_avg[2]
     ));
     s
 }

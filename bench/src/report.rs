@@ -26,6 +26,10 @@ pub struct Machine {
     pub hugepage_kib: usize,
     /// Kernel release.
     pub kernel: String,
+    /// /proc/loadavg (1, 5, 15 minutes) when the report was written: above the core count, other
+    /// work shared the machine and the figures are low.
+    #[serde(default)]
+    pub load_avg: [f64; 3],
 }
 
 impl Machine {
@@ -49,8 +53,19 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
+            load_avg: load_avg(),
         }
     }
+}
+
+fn load_avg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut v = text.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
+    [
+        v.next().unwrap_or(0.0),
+        v.next().unwrap_or(0.0),
+        v.next().unwrap_or(0.0),
+    ]
 }
 
 /// `pktgen run --json`.
@@ -154,6 +169,7 @@ mod tests {
                 rx_core: None,
                 hugepage_kib: 2048,
                 kernel: "6.1".into(),
+                load_avg: [0.5, 0.4, 0.3],
             },
             result: TrialResult {
                 duration_s: 1.0,
@@ -207,6 +223,7 @@ mod tests {
             "/machine/cpus",
             "/machine/hugepage_kib",
             "/machine/kernel",
+            "/machine/load_avg/2",
             "/result/duration_s",
             "/result/rx_mpps",
             "/result/rx_gbps",
