@@ -1,0 +1,581 @@
+//! TAP uplink ports: `vswitch run --tap` creates a TAP whose interface the test moves into a
+//! network namespace of its own (a TAP fd keeps working after its interface changes namespace).
+//! A built-in guest under vmm and the namespace ping each other both ways through vswitch; a
+//! Linux guest under QEMU and the namespace run iperf3 TCP both ways; deleting the TAP port
+//! while the namespace and two guests ping leaves the guests working, and a TAP added at run
+//! time with `vswitch ctl add-port NAME tap IFNAME` works; the TAP port shows in `stats`,
+//! `fdb` and `ports`.
+//! Skipped (with `SKIPPED:`) only when root, /dev/net/tun, `ip`, /dev/kvm (vmm guests) or
+//! qemu-system-x86_64 (the Linux guest) is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use switchyard_tests::{
+    bin_path, has_kvm, has_program, has_tun, is_root, skip_unless, wait_until, KillOnDrop, Scratch,
+};
+
+/// The namespace's address on the TAP; guests are 10.0.0.1..
+const NS_IP: &str = "10.0.0.100";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a command to completion; panics (with its output) when it cannot start.
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// Common requirements of every test here; true when the test should return (skipped).
+fn skip_common() -> bool {
+    skip_unless(is_root(), "needs root (network namespaces, TAP devices)")
+        || skip_unless(has_tun(), "needs /dev/net/tun")
+        || skip_unless(has_program("ip"), "needs `ip` (iproute2)")
+}
+
+/// A network namespace, deleted on drop (also when the test fails).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("sy-tap-{tag}-{}", std::process::id());
+        let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        run_ok(ns.cmd("ip").args(["link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// `ip netns exec NS prog`.
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]);
+        c
+    }
+
+    /// Moves the switch's TAP `ifname` into the namespace and gives it `NS_IP`.
+    fn take_tap(&self, ifname: &str) {
+        assert!(
+            wait_until(Duration::from_secs(10), || run(
+                Command::new("ip").args(["link", "show", ifname])
+            )
+            .status
+            .success()),
+            "the switch did not create TAP {ifname}"
+        );
+        run_ok(Command::new("ip").args(["link", "set", ifname, "netns", &self.name]));
+        run_ok(
+            self.cmd("ip")
+                .args(["addr", "add", &format!("{NS_IP}/24"), "dev", ifname]),
+        );
+        run_ok(self.cmd("ip").args(["link", "set", ifname, "up"]));
+    }
+
+    fn mac_of(&self, ifname: &str) -> String {
+        run_ok(
+            self.cmd("cat")
+                .arg(format!("/sys/class/net/{ifname}/address")),
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn has_link(&self, ifname: &str) -> bool {
+        run(self.cmd("ip").args(["link", "show", ifname]))
+            .status
+            .success()
+    }
+
+    /// `ping` in the namespace (iputils, else busybox's).
+    fn ping_cmd(&self, args: &[&str]) -> Command {
+        let mut c = if has_program("ping") {
+            self.cmd("ping")
+        } else {
+            let mut c = self.cmd("busybox");
+            c.arg("ping");
+            c
+        };
+        c.args(args);
+        c
+    }
+
+    /// Pings `addr` 3 times from the namespace; returns ping's output, asserting no loss.
+    fn ping3(&self, addr: &str) -> String {
+        let out = run(&mut self.ping_cmd(&["-c", "3", "-i", "0.2", "-W", "5", addr]));
+        let t = text(&out);
+        assert!(
+            out.status.success() && t.contains(" 0% packet loss"),
+            "namespace -> {addr}: pings lost:\n{t}"
+        );
+        t
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// A TAP interface name unique to this test process (at most 15 bytes).
+fn tap_name(tag: &str) -> String {
+    let name = format!("sy{tag}{}", std::process::id());
+    assert!(name.len() <= 15, "{name} is too long for an interface");
+    name
+}
+
+/// The vswitch binary with vhost-user server ports and TAP ports, one PMD on the last core.
+struct Switch {
+    _child: KillOnDrop,
+    ctl: PathBuf,
+    log: PathBuf,
+}
+
+impl Switch {
+    fn start(s: &Scratch, vhost: &[&str], taps: &[(&str, &str)]) -> Self {
+        let ctl = s.path("vswitch.ctl");
+        let log = s.path("vswitch.log");
+        let core = *switch::pmd::available_cores().last().expect("a core");
+        let mut cmd = Command::new(bin_path("vswitch"));
+        cmd.args(["run", "--pmd-max-sleep-us", "100", "--pmd-cores"])
+            .arg(core.to_string())
+            .arg("--ctl")
+            .arg(&ctl)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for p in vhost {
+            cmd.arg("--vhost-user")
+                .arg(format!("{p}:{}", s.path(&format!("{p}.sock")).display()));
+        }
+        for (name, ifname) in taps {
+            cmd.arg("--tap").arg(format!("{name}:{ifname}"));
+        }
+        let sw = Switch {
+            _child: KillOnDrop::spawn(&mut cmd),
+            ctl,
+            log,
+        };
+        for p in vhost {
+            let sock = s.path(&format!("{p}.sock"));
+            assert!(
+                wait_until(Duration::from_secs(10), || sock.exists()),
+                "vswitch did not listen on {}:\n{}",
+                sock.display(),
+                read(&sw.log)
+            );
+        }
+        sw
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        run(Command::new(bin_path("vswitch"))
+            .arg("ctl")
+            .arg("--ctl")
+            .arg(&self.ctl)
+            .args(args))
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "vswitch ctl {args:?} failed:\n{}\n--- switch log:\n{}",
+            text(&out),
+            read(&self.log)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, what: &str) -> Vec<serde_json::Value> {
+        let out = self.ctl_ok(&["--json", what]);
+        match serde_json::from_str(&out) {
+            Ok(serde_json::Value::Array(v)) => v,
+            other => panic!("ctl {what}: not a JSON array: {other:?}\n{out}"),
+        }
+    }
+
+    fn row(&self, what: &str, key: &str, value: &str) -> Option<serde_json::Value> {
+        self.json(what).into_iter().find(|r| r[key] == value)
+    }
+}
+
+/// A built-in guest under vmm.
+struct Vm {
+    _child: KillOnDrop,
+    name: String,
+    console: PathBuf,
+    err: PathBuf,
+}
+
+impl Vm {
+    /// `vmm run --guest net` on port `p` of the switch, as 10.0.0.`n`.
+    fn start(s: &Scratch, name: &str, p: &str, n: u8, cmdline: &str) -> Self {
+        let name = format!("{name}-{}", std::process::id());
+        let console = s.path(&format!("{name}.console"));
+        let err = s.path(&format!("{name}.err"));
+        let child = KillOnDrop::spawn(
+            Command::new(bin_path("vmm"))
+                .args(["run", "--guest", "net", "--mem", "64M", "--name", &name])
+                .arg("--net")
+                .arg(format!(
+                    "vhost-user:{},mac=52:54:00:00:00:{n:02x}",
+                    s.path(&format!("{p}.sock")).display()
+                ))
+                .arg("--cmdline")
+                .arg(format!("ip=10.0.0.{n} {cmdline}"))
+                .arg("--console")
+                .arg(&console)
+                .env("SWITCHYARD_VMM_RUN_DIR", s.path("vmm"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&err).unwrap()),
+        );
+        let vm = Vm {
+            _child: child,
+            name,
+            console,
+            err,
+        };
+        vm.wait_for("switchyard-guest: ready", 30);
+        vm
+    }
+
+    fn console(&self) -> String {
+        read(&self.console)
+    }
+
+    fn wait_for(&self, what: &str, secs: u64) {
+        assert!(
+            wait_until(Duration::from_secs(secs), || self.console().contains(what)),
+            "{}: no {what:?} within {secs} s\nconsole:\n{}\nstderr:\n{}",
+            self.name,
+            self.console(),
+            read(&self.err)
+        );
+    }
+
+    /// Waits for the complete `ping: N/M replies` line and returns it.
+    fn ping_summary(&self, secs: u64) -> String {
+        let mut line = String::new();
+        assert!(
+            wait_until(Duration::from_secs(secs), || {
+                let c = self.console();
+                match c.rfind("ping: ") {
+                    Some(i) if c[i..].contains('\n') => {
+                        line = c[i..].lines().next().unwrap_or("").to_string();
+                        true
+                    }
+                    _ => false,
+                }
+            }),
+            "{}: no ping summary within {secs} s\n{}\n{}",
+            self.name,
+            self.console(),
+            read(&self.err)
+        );
+        line
+    }
+}
+
+#[test]
+fn builtin_guest_and_namespace_ping_each_other_through_a_tap_port() {
+    if skip_common() || skip_unless(has_kvm(), "needs /dev/kvm for vmm") {
+        return;
+    }
+    let ns = Netns::new("ping");
+    let s = Scratch::new("tap-ping");
+    let ifname = tap_name("tp");
+    let sw = Switch::start(&s, &["a"], &[("up", &ifname)]);
+    ns.take_tap(&ifname);
+
+    // Guest -> namespace: ARP is flooded to the TAP, the namespace's kernel answers.
+    let a = Vm::start(
+        &s,
+        "tap-a",
+        "a",
+        1,
+        &format!("ping={NS_IP} count=3 interval=200 linger=forever"),
+    );
+    let summary = a.ping_summary(30);
+    assert_eq!(summary, "ping: 3/3 replies", "guest -> namespace");
+    println!("guest 10.0.0.1 -> namespace {NS_IP}: {summary}");
+
+    // Namespace -> guest.
+    let out = ns.ping3("10.0.0.1");
+    println!(
+        "namespace -> guest: {}",
+        out.lines()
+            .find(|l| l.contains("packet loss"))
+            .unwrap_or("")
+    );
+
+    // The TAP port is an ordinary port: listed up, counted both ways, its MAC learned.
+    let port = sw.row("ports", "name", "up").expect("TAP port listed");
+    assert_eq!(port["type"], "tap", "{port}");
+    assert_eq!(port["state"], "up", "{port}");
+    assert_eq!(port["target"], ifname.as_str(), "{port}");
+    let stats = sw.row("stats", "name", "up").expect("TAP port in stats");
+    println!("stats of the TAP port: {stats}");
+    for key in ["rx_packets", "tx_packets", "rx_bytes", "tx_bytes"] {
+        assert!(stats[key].as_u64().unwrap() >= 4, "{key}: {stats}");
+    }
+    assert_eq!(stats["tx_dropped"], 0, "{stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+    let ns_mac = ns.mac_of(&ifname);
+    let fdb = sw.json("fdb");
+    assert!(
+        fdb.iter()
+            .any(|e| e["mac"] == ns_mac.as_str() && e["port"] == "up"),
+        "namespace MAC {ns_mac} not learned on the TAP port: {fdb:?}"
+    );
+    assert!(
+        fdb.iter()
+            .any(|e| e["mac"] == "52:54:00:00:00:01" && e["port"] == "a"),
+        "guest MAC not learned: {fdb:?}"
+    );
+    let lookup = sw.ctl_ok(&["fdb-lookup", &ns_mac]);
+    assert!(lookup.contains("up"), "{lookup}");
+    // The tables print too.
+    let table = sw.ctl_ok(&["stats"]);
+    assert!(table.lines().any(|l| l.starts_with("up ")), "{table}");
+}
+
+/// The bit rate (in Mbit/s) and the text of the first iperf3 `receiver` summary line in `out`.
+fn receiver_mbps(out: &str) -> Option<(f64, String)> {
+    let line = out.lines().find(|l| l.trim_end().ends_with("receiver"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| w.ends_with("bits/sec"))?;
+    let v: f64 = words.get(i.checked_sub(1)?)?.parse().ok()?;
+    let scale = match words[i] {
+        "bits/sec" => 1e-6,
+        "Kbits/sec" => 1e-3,
+        "Mbits/sec" => 1.0,
+        "Gbits/sec" => 1e3,
+        _ => return None,
+    };
+    Some((v * scale, line.trim().to_string()))
+}
+
+#[test]
+fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
+    if skip_common() || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU") {
+        return;
+    }
+    assert!(
+        has_program("iperf3"),
+        "iperf3 is not installed on the host (scripts/setup.sh installs it)"
+    );
+    let image = std::env::var_os("SWITCHYARD_GUEST_IMAGE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("guest-image"));
+    assert!(
+        image.join("vmlinux").exists() && image.join("initramfs.cpio.gz").exists(),
+        "no guest image in {} (scripts/setup.sh builds it)",
+        image.display()
+    );
+    let ns = Netns::new("iperf");
+    let s = Scratch::new("tap-iperf");
+    let ifname = tap_name("ti");
+    let sw = Switch::start(&s, &["lin"], &[("up", &ifname)]);
+    ns.take_tap(&ifname);
+
+    let server_log = s.path("iperf3-server.log");
+    let _server = KillOnDrop::spawn(
+        ns.cmd("iperf3")
+            .args(["-s", "--forceflush", "-B", NS_IP])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&server_log).unwrap())
+            .stderr(Stdio::null()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&server_log)
+            .contains("Server listening")),
+        "iperf3 server did not start:\n{}",
+        read(&server_log)
+    );
+
+    // Guest -> namespace, then namespace -> guest (-R), 3 s each.
+    let console = s.path("lin.console");
+    let mut qemu = KillOnDrop::spawn(
+        Command::new(repo().join("scripts/qemu-guest.sh"))
+            .arg("--image")
+            .arg(&image)
+            .args([
+                "--name",
+                &format!("tap-iperf-{}", std::process::id()),
+                "--ip",
+                "10.0.0.3/24",
+            ])
+            .arg("--vhost-user")
+            .arg(format!(
+                "{},mac=52:54:00:00:0a:03",
+                s.path("lin.sock").display()
+            ))
+            .args([
+                "--run",
+                &format!(
+                    "iperf3 -c {NS_IP} -t 3 && echo IPERF-REVERSE && iperf3 -c {NS_IP} -t 3 -R"
+                ),
+            ])
+            .arg("--console")
+            .arg(&console)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.path("qemu.err")).unwrap()),
+    );
+    assert!(
+        wait_until(Duration::from_secs(240), || read(&console)
+            .contains("SWITCHYARD-EXIT=")),
+        "the Linux guest did not finish iperf3:\n{}\n--- qemu:\n{}",
+        read(&console),
+        read(&s.path("qemu.err"))
+    );
+    let out = read(&console);
+    let stats = sw.row("stats", "name", "up").expect("TAP port in stats");
+    assert!(
+        out.contains("SWITCHYARD-EXIT=0") && out.contains("iperf Done."),
+        "iperf3 failed in the guest:\n{out}\n--- server:\n{}\n--- TAP stats: {stats}",
+        read(&server_log)
+    );
+    let (fwd, rev) = out.split_once("IPERF-REVERSE").expect("both runs");
+    let (up, up_line) = receiver_mbps(fwd).unwrap_or_else(|| panic!("no receiver line:\n{fwd}"));
+    let (down, down_line) =
+        receiver_mbps(rev).unwrap_or_else(|| panic!("no receiver line:\n{rev}"));
+    println!("iperf3 guest -> namespace (TCP, 3 s): {up:.0} Mbit/s  [{up_line}]");
+    println!("iperf3 namespace -> guest (TCP, 3 s): {down:.0} Mbit/s  [{down_line}]");
+    assert!(up > 0.0 && down > 0.0, "zero throughput:\n{out}");
+    // Bulk TCP crossed the TAP port both ways.
+    println!("stats of the TAP port: {stats}");
+    assert!(stats["tx_packets"].as_u64().unwrap() > 1000, "{stats}");
+    assert!(stats["rx_packets"].as_u64().unwrap() > 1000, "{stats}");
+    let _ = wait_until(Duration::from_secs(10), || {
+        qemu.0.try_wait().ok().flatten().is_some()
+    });
+}
+
+#[test]
+fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
+    if skip_common() || skip_unless(has_kvm(), "needs /dev/kvm for vmm") {
+        return;
+    }
+    let ns = Netns::new("del");
+    let s = Scratch::new("tap-del");
+    let ifname = tap_name("td");
+    let sw = Switch::start(&s, &["a", "b", "p"], &[("up", &ifname)]);
+    ns.take_tap(&ifname);
+
+    let _a = Vm::start(&s, "tapdel-a", "a", 1, "linger=forever");
+    // The namespace pings A continuously (every 20 ms) ...
+    let ns_ping_log = s.path("ns-ping.log");
+    let mut ns_ping = KillOnDrop::spawn(
+        ns.ping_cmd(&["-i", "0.02", "-c", "1000", "-W", "1", "10.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&ns_ping_log).unwrap())
+            .stderr(Stdio::null()),
+    );
+    // ... while B pings A 40 times, 100 ms apart.
+    let b = Vm::start(
+        &s,
+        "tapdel-b",
+        "b",
+        2,
+        "ping=10.0.0.1 count=40 interval=100 linger=forever quiet",
+    );
+    let ns_replies = || read(&ns_ping_log).matches("bytes from").count();
+    assert!(
+        wait_until(Duration::from_secs(20), || ns_replies() >= 20),
+        "namespace pings got no replies:\n{}",
+        read(&ns_ping_log)
+    );
+    let tap_rx = sw.row("stats", "name", "up").unwrap()["rx_packets"]
+        .as_u64()
+        .unwrap();
+    assert!(tap_rx >= 20, "{tap_rx}");
+
+    // Delete the TAP port in the middle of both.
+    assert!(
+        !b.console().contains("ping: "),
+        "B finished before the deletion"
+    );
+    let out = sw.ctl_ok(&["del-port", "up"]);
+    println!("{}", out.trim());
+    let before = ns_replies();
+    println!("namespace got {before} replies before the TAP port was deleted");
+
+    // B's pings all arrive.
+    let summary = b.ping_summary(60);
+    assert_eq!(summary, "ping: 40/40 replies", "B -> A across the deletion");
+    println!("guest B -> guest A while the TAP port was deleted: {summary}");
+
+    // The TAP port and its interface are gone; the namespace's pings stop getting replies.
+    assert!(
+        sw.row("ports", "name", "up").is_none(),
+        "{}",
+        sw.ctl_ok(&["ports"])
+    );
+    assert!(sw.row("stats", "name", "up").is_none());
+    assert!(
+        wait_until(Duration::from_secs(5), || !ns.has_link(&ifname)),
+        "TAP {ifname} still exists after del-port"
+    );
+    let _ = ns_ping.0.kill();
+    let _ = ns_ping.0.wait();
+    assert!(ns_replies() <= before + 2, "{}", read(&ns_ping_log));
+    let fdb = sw.json("fdb");
+    assert!(
+        fdb.iter().all(|e| e["port"] != "up"),
+        "entries of the deleted port remain: {fdb:?}"
+    );
+
+    // A new guest on another port reaches both.
+    let c = Vm::start(
+        &s,
+        "tapdel-c",
+        "p",
+        3,
+        "ping=10.0.0.1 count=3 interval=100 linger=forever",
+    );
+    assert_eq!(c.ping_summary(30), "ping: 3/3 replies");
+
+    // A TAP added at run time (`ctl add-port NAME tap IFNAME`) works the same way.
+    let ifname2 = tap_name("tr");
+    let out = sw.ctl_ok(&["add-port", "up2", "tap", &ifname2]);
+    println!("{}", out.trim());
+    ns.take_tap(&ifname2);
+    ns.ping3("10.0.0.2");
+    let stats = sw
+        .row("stats", "name", "up2")
+        .expect("new TAP port in stats");
+    assert!(stats["rx_packets"].as_u64().unwrap() >= 3, "{stats}");
+}
