@@ -194,8 +194,21 @@ fn measure_once(
     let mut session = Session::attach(&attach).map_err(|e| chain(&e))?;
     let page_kib = session.ports()[0].memory().page_size().kib();
     acc.iter_mut().for_each(|a| a.page_kib = page_kib);
-    // Let the switch settle (port enable, PMD reload) before measuring.
-    session.drain_for(Duration::from_millis(500));
+    // Let the switch settle (port enable, PMD reload), then warm caches and rings with one
+    // discarded second of traffic.
+    session.drain_for(Duration::from_millis(300));
+    let warm = TrialConfig {
+        size: a.sizes.0[0],
+        rate: Rate::Max,
+        duration: Duration::from_secs(1),
+        flows: 1,
+        bidir: false,
+        tx_core: Some(a.gen_core),
+        rx_core: None,
+        progress: false,
+        rx_stall_after: None,
+    };
+    session.trial(&warm).map_err(|e| chain(&e))?;
     for (i, &size) in a.sizes.0.iter().enumerate() {
         let cfg = TrialConfig {
             size,
