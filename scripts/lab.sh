@@ -58,6 +58,9 @@ pmd_sleep_us=100
 hp=/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages
 
 t0=$SECONDS
+# The script's own stdout/stderr, for the traps: a signal can arrive while a redirected command
+# (pktgen >file) runs, and the trap would print into that file.
+exec 3>&1 4>&2
 say() { printf '[lab %3ds] %s\n' $((SECONDS - t0)) "$*"; }
 show() { sed 's/^/    /'; }
 
@@ -77,15 +80,18 @@ die() {
 
 # --- Clean-up, also on Ctrl-C ----------------------------------------------------------------
 pids=()
+fg_pid=
 cleaned=0
 fail_msg=
 cleanup() {
     local rc=$?
     ((cleaned)) && return
     cleaned=1
-    trap '' INT TERM
+    trap '' INT TERM HUP
+    exec 1>&3 2>&4
     say "cleaning up: processes, sockets, TAP, namespace…"
     local i pid
+    [[ -z $fg_pid ]] || pids+=("$fg_pid")
     # Newest first: guests and generators before the switch.
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         kill -TERM "${pids[i]}" 2>/dev/null || true
@@ -105,13 +111,26 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'echo; say "interrupted"; exit 130' INT
-trap 'say "terminated"; exit 143' TERM
+trap 'exec 1>&3 2>&4; echo; say "interrupted"; exit 130' INT
+trap 'exec 1>&3 2>&4; say "terminated"; exit 143' TERM
+trap 'exit 129' HUP
 
-# Starts a command in the background, remembering its pid for the clean-up.
+# Starts a command in the background in a session of its own (so Ctrl-C reaches only this
+# script, which then stops everything in order), remembering its pid for the clean-up.
 bg() {
-    "$@" &
+    setsid "$@" 3>&- 4>&- &
     pids+=($!)
+}
+
+# Runs a command to completion the same way, waiting with `wait`: a signal to this script ends
+# the wait at once (bash would ignore Ctrl-C that a foreground program such as ping handles).
+fg() {
+    setsid "$@" 3>&- 4>&- &
+    fg_pid=$!
+    local rc=0
+    wait "$fg_pid" || rc=$?
+    fg_pid=
+    return "$rc"
 }
 
 # wait_for FILE PATTERN SECONDS PID WHAT [LOGS...]: waits until FILE contains PATTERN (an
@@ -123,16 +142,19 @@ wait_for() {
     until grep -qE "$pattern" "$file" 2>/dev/null; do
         kill -0 "$pid" 2>/dev/null || die "$what: its process exited first (log above)" "$file" "$@"
         ((SECONDS < deadline)) || die "$what: not seen within $secs s" "$file" "$@"
-        sleep 0.2
+        sleep 0.2 &
+        wait $! || true
     done
 }
 
+# ns_ping ADDR WHAT: 3 pings from the host namespace (iputils, else busybox); says the summary
+# line and fails unless all came back.
 ns_ping() {
-    if command -v ping >/dev/null; then
-        ip netns exec "$ns" ping "$@"
-    else
-        ip netns exec "$ns" busybox ping "$@"
-    fi
+    local ping=(ping)
+    command -v ping >/dev/null || ping=(busybox ping)
+    fg ip netns exec "$ns" "${ping[@]}" -c 3 -i 0.2 -W 5 "$1" >"$run/ns-ping.txt" 2>&1 || true
+    say "host ($host_ip) -> $2 ($1): $(grep 'packet loss' "$run/ns-ping.txt")"
+    grep -q ' 0% packet loss' "$run/ns-ping.txt" || die "pings host -> $2 lost" "$run/ns-ping.txt"
 }
 
 ctl() { "$bin/vswitch" ctl --ctl "$run/vswitch.ctl" "$@"; }
@@ -142,11 +164,11 @@ say "Switchyard lab: vswitch + 2 guests under vmm + 1 Linux guest under QEMU + T
 [[ $(id -u) == 0 ]] || die "needs root (network namespace, TAP device, hugepages): sudo $0"
 if ((do_setup)); then
     say "running scripts/setup.sh (packages, hugepages, guest image; quick when already done)…"
-    scripts/setup.sh || die "scripts/setup.sh failed"
+    fg scripts/setup.sh || die "scripts/setup.sh failed"
 fi
 if ((do_build)); then
     say "building release binaries (cargo build --release; the first build takes a few minutes)…"
-    cargo build --release --workspace --bins || die "cargo build failed"
+    fg cargo build --release --workspace --bins || die "cargo build failed"
 fi
 for b in vswitch vmm pktgen; do
     [[ -x $bin/$b ]] || die "$bin/$b is not built (run without --no-build)"
@@ -204,7 +226,7 @@ bg ip netns exec "$ns" iperf3 -s --forceflush -B "$host_ip" >"$run/iperf3-server
 pg_args=(run --tx "$run/pg-tx.sock" --rx "$run/pg-rx.sock" --duration "${pktgen_secs}s" --size 64 --quiet)
 ((ncpu > 1)) && pg_args+=(--tx-core "$pg_core")
 say "pktgen: ${pktgen_secs} s of 64-byte frames pg-tx -> vswitch -> pg-rx (generator on core $pg_core, PMD on core $pmd_core)…"
-"$bin/pktgen" "${pg_args[@]}" >"$run/pktgen.out" 2>"$run/pktgen.err" ||
+fg "$bin/pktgen" "${pg_args[@]}" >"$run/pktgen.out" 2>"$run/pktgen.err" ||
     die "pktgen failed" "$run/pktgen.out" "$run/pktgen.err" "$run/vswitch.log"
 show <"$run/pktgen.out"
 
@@ -250,11 +272,8 @@ grep -qE "$ok" "$run/vm1.console" || die "pings vm1 -> host lost" "$run/vm1.cons
 say "guest vm2 (10.0.0.2) -> guest vm1 (10.0.0.1): $(grep -E "$result" "$run/vm2.console" | tail -1)"
 grep -qE "$ok" "$run/vm2.console" || die "pings vm2 -> vm1 lost" "$run/vm2.console"
 
-for n in 1 2; do
-    out=$(ns_ping -c 3 -i 0.2 -W 5 10.0.0.$n 2>&1) || true
-    say "host ($host_ip) -> guest vm$n (10.0.0.$n): $(grep 'packet loss' <<<"$out")"
-    grep -q ' 0% packet loss' <<<"$out" || die "pings host -> vm$n lost: $out"
-done
+ns_ping 10.0.0.1 "guest vm1"
+ns_ping 10.0.0.2 "guest vm2"
 
 say "waiting for the Linux guest under QEMU to boot (software emulation, ~10 s)…"
 wait_for "$run/lin.console" 'SWITCHYARD-READY' 240 "$lin_pid" "the Linux guest's ready marker" "$run/qemu.log"
@@ -267,9 +286,7 @@ say "Linux guest lin (10.0.0.3) -> host ($host_ip): ${losses[1]:-no result}"
 grep -q 'LAB-LINUX-DONE=0' "$run/lin.txt" || die "the Linux guest's pings or iperf3 failed" "$run/lin.txt"
 rate=$(grep -E 'receiver$' "$run/lin.txt" | tail -1 | grep -oE '[0-9.]+ [KMG]?bits/sec' || true)
 say "iperf3 TCP Linux guest -> host through vswitch and the TAP (${iperf_secs} s): ${rate:-?}"
-out=$(ns_ping -c 3 -i 0.2 -W 5 10.0.0.3 2>&1) || true
-say "host ($host_ip) -> Linux guest lin (10.0.0.3): $(grep 'packet loss' <<<"$out")"
-grep -q ' 0% packet loss' <<<"$out" || die "pings host -> Linux guest lost: $out"
+ns_ping 10.0.0.3 "Linux guest lin"
 
 # --- 5. Tables -------------------------------------------------------------------------------
 for t in ports stats fdb pmd-rxq pmd-stats; do

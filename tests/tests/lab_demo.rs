@@ -159,31 +159,42 @@ fn lab_sh_runs_the_whole_system_and_cleans_up() {
     assert_nothing_left(pid, &out);
 }
 
-#[test]
-fn lab_sh_cleans_up_on_ctrl_c() {
-    if skip() {
-        return;
-    }
-    let s = Scratch::new("lab-demo-int");
+/// Starts the lab, sends SIGINT to its process group (Ctrl-C) once `phase` is in its output,
+/// and checks it stops at once, says so, and leaves nothing behind.
+fn interrupt_at(tag: &str, phase: &str) {
+    let s = Scratch::new(tag);
     let log = s.path("lab.log");
     let mut child = lab(&log, &["--no-setup"]);
     let pid = child.0.id();
-    // Interrupt while the Linux guest boots: switch, guests, QEMU, iperf3 and namespace exist.
     assert!(
-        wait_until(Duration::from_secs(120), || read(&log)
-            .contains("waiting for the Linux guest under QEMU")),
-        "lab.sh did not get to the QEMU guest:\n{}",
+        wait_until(Duration::from_secs(120), || read(&log).contains(phase)),
+        "lab.sh did not get to {phase:?}:\n{}",
         read(&log)
     );
-    // Ctrl-C: SIGINT to the foreground process group.
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill() with the negated process-group id of our own child (its own group).
     assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
     let code = wait_exit(&mut child, 60, &log);
     let out = read(&log);
     println!("{out}");
-    assert_eq!(code, Some(130), "exit status after Ctrl-C:\n{out}");
+    assert_eq!(
+        code,
+        Some(130),
+        "exit status after Ctrl-C at {phase:?}:\n{out}"
+    );
     assert!(out.contains("interrupted"), "{out}");
     assert!(out.contains("cleaned up (exit status 130)"), "{out}");
     assert!(!out.contains("lab: SUCCESS"), "{out}");
     assert_nothing_left(pid, &out);
+}
+
+#[test]
+fn lab_sh_cleans_up_on_ctrl_c() {
+    if skip() {
+        return;
+    }
+    // While pktgen runs (a foreground command with its output in a file) ...
+    interrupt_at("lab-demo-int1", "pktgen: ");
+    // ... and while the Linux guest boots: switch, guests, QEMU, iperf3 and namespace exist.
+    interrupt_at("lab-demo-int2", "waiting for the Linux guest under QEMU");
 }
