@@ -337,13 +337,23 @@ impl Forwarder<'_> {
                 Err(e) => self.note_error(port, e),
             }
         }
-        // Pass 2: learn and decide destinations.
+        // Pass 2: learn and decide destinations. Frames of a burst mostly share their MAC
+        // pair, so the previous frame's decision is reused when the addresses repeat (learning
+        // the same source twice in one burst changes nothing).
+        let mut last: Option<([u8; 12], u64)> = None;
         for p in ws.pkts[..n].iter_mut().filter(|p| p.len > 0) {
             let mut eth = [0u8; 12];
             // SAFETY: the segments were validated by `walk` against the memory table the ring
             // holds alive, and we hold the ring's lock.
             unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth) };
-            p.dest = self.classify(port, &eth);
+            p.dest = match last {
+                Some((prev, dest)) if prev == eth => dest,
+                _ => {
+                    let dest = self.classify(port, &eth);
+                    last = Some((eth, dest));
+                    dest
+                }
+            };
             union |= p.dest;
             rx_packets += 1;
             rx_bytes += p.len as u64;
