@@ -218,7 +218,7 @@ say "moving TAP $tap into $ns as $host_ip/24"
 ip link set "$tap" netns "$ns" || die "cannot move $tap into $ns"
 ip netns exec "$ns" ip addr add "$host_ip/24" dev "$tap"
 ip netns exec "$ns" ip link set "$tap" up
-bg ip netns exec "$ns" iperf3 -s --forceflush -B "$host_ip" >"$run/iperf3-server.log" 2>&1
+bg ip netns exec "$ns" iperf3 -s --forceflush -B "$host_ip" -I "$run/iperf3.pid" >"$run/iperf3-server.log" 2>&1
 
 # --- 3. pktgen -------------------------------------------------------------------------------
 # First, while the machine is quiet: the built-in guests poll their rings on their vCPUs, and
