@@ -2,7 +2,7 @@
 # The Switchyard lab in one command: sets the machine up, builds the release binaries, then runs
 # the whole system for about half a minute and takes it all down again.
 #
-#   vswitch (one PMD pinned on the last core) with seven ports:
+#   vswitch (one PMD pinned on the last core) with six ports:
 #     vm1, vm2   vhost-user  two guests under vmm: Linux where the host has hardware
 #                            virtualization (VT-x/AMD-V, no kvm_pvm), vmm's built-in guest otherwise
 #     lin        vhost-user  a Linux guest under QEMU (software emulation, TCG)
@@ -167,6 +167,7 @@ if ((do_setup)); then
     fg scripts/setup.sh || die "scripts/setup.sh failed"
 fi
 if ((do_build)); then
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs), then run $0 again"
     say "building release binaries (cargo build --release; the first build takes a few minutes)…"
     fg cargo build --release --workspace --bins || die "cargo build failed"
 fi
