@@ -1,10 +1,10 @@
 //! TAP uplink ports: `vswitch run --tap` creates a TAP whose interface the test moves into a
 //! network namespace of its own (a TAP fd keeps working after its interface changes namespace).
 //! A built-in guest under vmm and the namespace ping each other both ways through vswitch; a
-//! Linux guest under QEMU and the namespace run iperf3 TCP both ways; deleting the TAP port
-//! while the namespace and two guests ping leaves the guests working, and a TAP added at run
-//! time with `vswitch ctl add-port NAME tap IFNAME` works; the TAP port shows in `stats`,
-//! `fdb` and `ports`.
+//! Linux guest under QEMU and the namespace run iperf3 TCP both ways and exchange 8000-byte
+//! pings as single frames (MTU 9000); deleting the TAP port while the namespace and two guests
+//! ping leaves the guests working, and a TAP added at run time with `vswitch ctl add-port NAME
+//! tap IFNAME` works; the TAP port shows in `stats`, `fdb` and `ports`.
 //! Skipped (with `SKIPPED:`) only when root, /dev/net/tun, `ip`, /dev/kvm (vmm guests) or
 //! qemu-system-x86_64 (the Linux guest) is missing.
 
@@ -17,6 +17,8 @@ use switchyard_tests::{
 
 /// The namespace's address on the TAP; guests are 10.0.0.1..
 const NS_IP: &str = "10.0.0.100";
+/// The Linux guest's address.
+const GUEST_LINUX: &str = "10.0.0.3";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -127,7 +129,13 @@ impl Netns {
 
     /// Pings `addr` 3 times from the namespace; returns ping's output, asserting no loss.
     fn ping3(&self, addr: &str) -> String {
-        let out = run(&mut self.ping_cmd(&["-c", "3", "-i", "0.2", "-W", "5", addr]));
+        self.ping3_sized(addr, 56)
+    }
+
+    /// The same with `size` bytes of ICMP payload.
+    fn ping3_sized(&self, addr: &str, size: usize) -> String {
+        let size = size.to_string();
+        let out = run(&mut self.ping_cmd(&["-c", "3", "-i", "0.2", "-W", "5", "-s", &size, addr]));
         let t = text(&out);
         assert!(
             out.status.success() && t.contains(" 0% packet loss"),
@@ -386,15 +394,8 @@ fn receiver_mbps(out: &str) -> Option<(f64, String)> {
     Some((v * scale, line.trim().to_string()))
 }
 
-#[test]
-fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
-    if skip_common() || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU") {
-        return;
-    }
-    assert!(
-        has_program("iperf3"),
-        "iperf3 is not installed on the host (scripts/setup.sh installs it)"
-    );
+/// The Linux guest image (`$SWITCHYARD_GUEST_IMAGE` or `guest-image/`), which must exist.
+fn guest_image() -> PathBuf {
     let image = std::env::var_os("SWITCHYARD_GUEST_IMAGE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -404,6 +405,43 @@ fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
         "no guest image in {} (scripts/setup.sh builds it)",
         image.display()
     );
+    image
+}
+
+/// The Linux guest under QEMU (scripts/qemu-guest.sh) as 10.0.0.3 on port `lin`, running `run`
+/// (then it powers off); its console goes to `console`.
+fn linux_guest(s: &Scratch, tag: &str, append: &str, run: &str, console: &Path) -> KillOnDrop {
+    let mut cmd = Command::new(repo().join("scripts/qemu-guest.sh"));
+    cmd.arg("--image")
+        .arg(guest_image())
+        .args(["--name", &format!("{tag}-{}", std::process::id())])
+        .args(["--ip", &format!("{GUEST_LINUX}/24"), "--run", run])
+        .arg("--vhost-user")
+        .arg(format!(
+            "{},mac=52:54:00:00:0a:03",
+            s.path("lin.sock").display()
+        ))
+        .arg("--console")
+        .arg(console)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(s.path(&format!("{tag}.qemu.err"))).unwrap());
+    if !append.is_empty() {
+        cmd.args(["--append", append]);
+    }
+    KillOnDrop::spawn(&mut cmd)
+}
+
+#[test]
+fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
+    if skip_common() || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU") {
+        return;
+    }
+    assert!(
+        has_program("iperf3"),
+        "iperf3 is not installed on the host (scripts/setup.sh installs it)"
+    );
+    guest_image();
     let ns = Netns::new("iperf");
     let s = Scratch::new("tap-iperf");
     let ifname = tap_name("ti");
@@ -427,39 +465,19 @@ fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
 
     // Guest -> namespace, then namespace -> guest (-R), 3 s each.
     let console = s.path("lin.console");
-    let mut qemu = KillOnDrop::spawn(
-        Command::new(repo().join("scripts/qemu-guest.sh"))
-            .arg("--image")
-            .arg(&image)
-            .args([
-                "--name",
-                &format!("tap-iperf-{}", std::process::id()),
-                "--ip",
-                "10.0.0.3/24",
-            ])
-            .arg("--vhost-user")
-            .arg(format!(
-                "{},mac=52:54:00:00:0a:03",
-                s.path("lin.sock").display()
-            ))
-            .args([
-                "--run",
-                &format!(
-                    "iperf3 -c {NS_IP} -t 3 && echo IPERF-REVERSE && iperf3 -c {NS_IP} -t 3 -R"
-                ),
-            ])
-            .arg("--console")
-            .arg(&console)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(s.path("qemu.err")).unwrap()),
+    let mut qemu = linux_guest(
+        &s,
+        "tap-iperf",
+        "",
+        &format!("iperf3 -c {NS_IP} -t 3 && echo IPERF-REVERSE && iperf3 -c {NS_IP} -t 3 -R"),
+        &console,
     );
     assert!(
         wait_until(Duration::from_secs(240), || read(&console)
             .contains("SWITCHYARD-EXIT=")),
         "the Linux guest did not finish iperf3:\n{}\n--- qemu:\n{}",
         read(&console),
-        read(&s.path("qemu.err"))
+        read(&s.path("tap-iperf.qemu.err"))
     );
     let out = read(&console);
     let stats = sw.row("stats", "name", "up").expect("TAP port in stats");
@@ -578,4 +596,59 @@ fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
         .row("stats", "name", "up2")
         .expect("new TAP port in stats");
     assert!(stats["rx_packets"].as_u64().unwrap() >= 3, "{stats}");
+}
+
+#[test]
+fn jumbo_frames_cross_the_tap_port_both_ways() {
+    if skip_common() || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU") {
+        return;
+    }
+    guest_image();
+    let ns = Netns::new("jumbo");
+    let s = Scratch::new("tap-jumbo");
+    let ifname = tap_name("tj");
+    let sw = Switch::start(&s, &["lin"], &[("up", &ifname)]);
+    ns.take_tap(&ifname);
+    run_ok(ns.cmd("ip").args(["link", "set", &ifname, "mtu", "9000"]));
+
+    // 8000-byte ICMP payloads in single 8042-byte frames, MTU 9000 on both sides.
+    let console = s.path("lin.console");
+    let _qemu = linux_guest(
+        &s,
+        "tap-jumbo",
+        "sy.mtu=9000",
+        &format!("ping -c 3 -s 8000 -W 5 {NS_IP}; echo JUMBO-PINGED; sleep 60"),
+        &console,
+    );
+    assert!(
+        wait_until(Duration::from_secs(240), || read(&console)
+            .contains("JUMBO-PINGED")),
+        "the Linux guest did not ping:\n{}\n--- qemu:\n{}",
+        read(&console),
+        read(&s.path("tap-jumbo.qemu.err"))
+    );
+    let out = read(&console);
+    assert!(
+        out.contains("3 packets received") && out.contains("8008 bytes from"),
+        "guest -> namespace jumbo pings lost:\n{out}"
+    );
+    let before = sw.row("stats", "name", "up").unwrap();
+    let t = ns.ping3_sized(GUEST_LINUX, 8000);
+    println!(
+        "namespace -> Linux guest, 8000-byte payloads: {}",
+        t.lines().find(|l| l.contains("packet loss")).unwrap_or("")
+    );
+    let after = sw.row("stats", "name", "up").unwrap();
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    // Three echo requests from the TAP, each one frame (not IP fragments), replies likewise.
+    assert!(
+        delta("rx_packets") <= 5 && delta("rx_bytes") >= 3 * 8042,
+        "requests fragmented or lost: {before} -> {after}"
+    );
+    assert!(
+        delta("tx_packets") <= 5 && delta("tx_bytes") >= 3 * 8042,
+        "replies fragmented or lost: {before} -> {after}"
+    );
+    assert_eq!(after["tx_dropped"], 0, "{after}");
+    assert_eq!(after["errors"], 0, "{after}");
 }
