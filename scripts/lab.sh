@@ -83,6 +83,7 @@ pids=()
 fg_pid=
 cleaned=0
 fail_msg=
+err_line=
 cleanup() {
     local rc=$?
     ((cleaned)) && return
@@ -107,10 +108,14 @@ cleanup() {
     # Guest and pktgen memory are memfds (no hugetlbfs files): freed when their processes end.
     say "2 MiB hugepages free after clean-up: $(cat "$hp" 2>/dev/null || echo '?')"
     say "cleaned up (exit status $rc)"
+    if [[ -z $fail_msg && $rc != 0 && $rc -lt 128 ]]; then
+        fail_msg="a command failed at line ${err_line:-?} of $0 (exit status $rc)"
+    fi
     [[ -z $fail_msg ]] || printf 'lab: FAILED: %s\n' "$fail_msg" >&2
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'err_line=$LINENO' ERR
 trap 'exec 1>&3 2>&4; echo; say "interrupted"; exit 130' INT
 trap 'exec 1>&3 2>&4; say "terminated"; exit 143' TERM
 trap 'exit 129' HUP
@@ -198,7 +203,7 @@ mkdir -p "$run"
 # --- 2. Host namespace, switch, TAP uplink ---------------------------------------------------
 say "creating network namespace $ns (the host side of the uplink)"
 ip netns add "$ns" || die "ip netns add $ns failed"
-ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" ip link set lo up || die "cannot set lo up in $ns"
 
 say "starting vswitch: one PMD on core $pmd_core, ports vm1 vm2 lin pg-tx pg-rx (vhost-user) + uplink (TAP $tap)"
 sw_args=(run --pmd-cores "$pmd_core" --pmd-max-sleep-us "$pmd_sleep_us" --ctl "$run/vswitch.ctl")
@@ -217,8 +222,8 @@ done
 ip link show "$tap" >/dev/null 2>&1 || die "vswitch did not create TAP $tap" "$run/vswitch.log"
 say "moving TAP $tap into $ns as $host_ip/24"
 ip link set "$tap" netns "$ns" || die "cannot move $tap into $ns"
-ip netns exec "$ns" ip addr add "$host_ip/24" dev "$tap"
-ip netns exec "$ns" ip link set "$tap" up
+ip netns exec "$ns" ip addr add "$host_ip/24" dev "$tap" || die "cannot give $tap its address"
+ip netns exec "$ns" ip link set "$tap" up || die "cannot set $tap up"
 bg ip netns exec "$ns" iperf3 -s --forceflush -B "$host_ip" -I "$run/iperf3.pid" >"$run/iperf3-server.log" 2>&1
 
 # --- 3. pktgen -------------------------------------------------------------------------------
