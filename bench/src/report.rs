@@ -16,7 +16,7 @@ pub const COMPARE_SCHEMA: &str = "switchyard.pktgen.compare/1";
 pub struct Machine {
     /// `model name` from /proc/cpuinfo.
     pub cpu_model: String,
-    /// Online CPUs.
+    /// Online CPUs (not the affinity mask: pktgen pins itself).
     pub cpus: usize,
     /// Core the generator ran on (None = not pinned).
     pub tx_core: Option<usize>,
@@ -44,9 +44,7 @@ impl Machine {
             .unwrap_or_else(|| "unknown".into());
         Machine {
             cpu_model,
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpus: crate::run::online_cpus(),
             tx_core,
             rx_core,
             hugepage_kib,

@@ -267,10 +267,21 @@ pub struct Session {
     trials: u16,
 }
 
+/// CPUs online, independent of this thread's affinity (which pinning narrows to one core).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        1
+    }
+}
+
 /// Fails with a clear error when `core` is not a core of this machine.
 pub fn check_core(core: Option<usize>) -> Result<(), RunError> {
     if let Some(c) = core {
-        let count = core_affinity::get_core_ids().map(|v| v.len()).unwrap_or(0);
+        let count = online_cpus();
         if c >= count {
             return Err(RunError::CoreOutOfRange { core: c, count });
         }
@@ -378,7 +389,14 @@ impl Session {
         let mut rx: Vec<RxSide> = (0..n_dirs).map(|_| RxSide::new(self.trials)).collect();
         let pacer = Pacer::new(cfg.rate, cfg.size.mean());
         let dur_ns = cfg.duration.as_nanos() as u64;
-        let clock = &self.clock;
+        // The TSC only when pinned: an unpinned thread may move to a vCPU whose TSC differs.
+        let monotonic;
+        let clock = if cfg.tx_core.is_some() {
+            &self.clock
+        } else {
+            monotonic = Clock::monotonic();
+            &monotonic
+        };
         let t0 = clock.now_ns();
         let mut next_report = 1_000_000_000u64;
         let mut last = (0u64, 0u64, 0u64);
@@ -470,7 +488,10 @@ impl Session {
         let done = AtomicBool::new(false);
         let sent_total = AtomicU64::new(0);
         let [p0, p1] = &mut self.ports;
-        let clock = &self.clock;
+        // Stamps are read on one core and compared on another: the TSCs of this VM's vCPUs
+        // disagree, CLOCK_MONOTONIC does not.
+        let monotonic = Clock::monotonic();
+        let clock = &monotonic;
         let t0 = clock.now_ns();
         let rx_core = cfg.rx_core;
         let rx_stall = cfg.rx_stall_after;
