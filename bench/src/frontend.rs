@@ -557,6 +557,13 @@ impl PortDatapath {
     /// each frame, then refills the ring (unless paused) with one publish. Returns frames seen.
     #[inline]
     pub fn recv_on(&mut self, qp: usize, mut f: impl FnMut(&[u8])) -> usize {
+        self.recv_with_header_on(qp, |_, frame| f(frame))
+    }
+
+    /// [`recv_on`](Self::recv_on), also passing each frame's virtio-net header (the switch's
+    /// offload fields and num_buffers).
+    #[inline]
+    pub fn recv_with_header_on(&mut self, qp: usize, mut f: impl FnMut(&[u8], &[u8])) -> usize {
         let pair = &mut self.pairs[qp];
         let pending = pair.rx.ring.used_pending();
         let size = pair.rx.ring.size();
@@ -599,7 +606,13 @@ impl PortDatapath {
             } else if nbufs == 1 {
                 // SAFETY: the device is done with the buffer (it is in the used ring) and the
                 // range lies within the slot.
-                f(unsafe { std::slice::from_raw_parts(p.add(hdr), len - hdr) });
+                let (h, frame) = unsafe {
+                    (
+                        std::slice::from_raw_parts(p, hdr),
+                        std::slice::from_raw_parts(p.add(hdr), len - hdr),
+                    )
+                };
+                f(h, frame);
                 frames += 1;
             } else {
                 self.gather.clear();
@@ -622,7 +635,8 @@ impl PortDatapath {
                     pair.rx.in_flight[id2 as usize] = false;
                     pair.rx.free.push(id2 as u16);
                 }
-                f(&self.gather);
+                // SAFETY: the first buffer's header, completed and in bounds (len >= hdr).
+                f(unsafe { std::slice::from_raw_parts(p, hdr) }, &self.gather);
                 frames += 1;
             }
             pair.rx.in_flight[id as usize] = false;

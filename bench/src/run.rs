@@ -21,6 +21,10 @@ use crate::stats::{Latency, LatencySummary, SeqTracker};
 
 /// Frames per tx burst.
 pub const BURST: usize = 32;
+/// After sending, the sink stops when nothing arrived for this long…
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+/// …or after this long in any case.
+const DRAIN_MAX: Duration = Duration::from_secs(3);
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +231,11 @@ struct RxSide {
 }
 
 impl RxSide {
+    /// Frames of this trial seen, intact or not.
+    fn accounted(&self) -> u64 {
+        self.seq.received + self.seq.corrupted
+    }
+
     fn new(tag: u16) -> Self {
         RxSide {
             tag,
@@ -446,12 +455,11 @@ impl Session {
             }
         }
         let elapsed = now as f64 / 1e9;
-        // Drain until nothing arrived for 20 ms (at most 500 ms).
+        // Drain until every frame sent has arrived, or nothing arrived for DRAIN_QUIET (a busy
+        // machine can hold frames in a descheduled switch for a while), at most DRAIN_MAX.
         let mut quiet = Instant::now();
         let drain_start = Instant::now();
-        while quiet.elapsed() < Duration::from_millis(20)
-            && drain_start.elapsed() < Duration::from_millis(500)
-        {
+        while quiet.elapsed() < DRAIN_QUIET && drain_start.elapsed() < DRAIN_MAX {
             let mut got = rx[0].drain(p1, clock);
             if cfg.bidir {
                 got += rx[1].drain(p0, clock);
@@ -460,6 +468,9 @@ impl Session {
             }
             if got > 0 {
                 quiet = Instant::now();
+            }
+            if rx.iter().zip(&tx).all(|(r, t)| r.accounted() >= t.sent) {
+                break;
             }
         }
         p0.set_rx_paused(false);
@@ -500,6 +511,7 @@ impl Session {
                 pin(rx_core)?;
                 let mut rx = RxSide::new(tag);
                 let mut quiet: Option<Instant> = None;
+                let mut drain_start: Option<Instant> = None;
                 let stall_ns = rx_stall.map(|d| d.as_nanos() as u64);
                 loop {
                     if stall_ns.is_some_and(|s| clock.now_ns() - t0 >= s) {
@@ -507,11 +519,13 @@ impl Session {
                     }
                     let got = rx.drain(p1, clock);
                     if done.load(Ordering::Acquire) {
+                        let started = *drain_start.get_or_insert_with(Instant::now);
                         let q = quiet.get_or_insert_with(Instant::now);
                         if got > 0 {
                             *q = Instant::now();
                         }
-                        if q.elapsed() > Duration::from_millis(20) {
+                        let all = rx.accounted() >= sent_total.load(Ordering::Acquire);
+                        if all || q.elapsed() > DRAIN_QUIET || started.elapsed() > DRAIN_MAX {
                             break;
                         }
                     }
@@ -542,6 +556,7 @@ impl Session {
                     next_report += 1_000_000_000;
                 }
             }
+            sent_total.store(tx.sent, Ordering::Relaxed);
             done.store(true, Ordering::Release);
             let rx = sink.join().expect("sink thread panicked");
             (now as f64 / 1e9, rx)

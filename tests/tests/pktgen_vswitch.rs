@@ -8,6 +8,14 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_tests::{bin_path, skip_unless, wait_until, KillOnDrop, Scratch};
 
+/// The tests run one at a time: each starts a busy-polling PMD on the same core, and on a
+/// 2-core machine parallel tests would starve each other's switch.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Starts vswitch with two server-mode vhost-user ports p0 and p1 and one PMD.
 fn start_switch(s: &Scratch) -> KillOnDrop {
     let child = spawn_switch(s, "--vhost-user");
@@ -91,6 +99,7 @@ fn pktgen_passes_frames_through_vswitch_without_loss_at_a_modest_rate() {
     ) {
         return;
     }
+    let _serial = serial();
     let s = Scratch::new("pktgen-lossless");
     let _switch = start_switch(&s);
     // Deep rings (4096 buffers at 5 kpps = 0.8 s) absorb scheduling stalls on a shared machine.
@@ -142,6 +151,7 @@ fn pktgen_counts_loss_when_the_sink_stops_draining() {
     ) {
         return;
     }
+    let _serial = serial();
     let s = Scratch::new("pktgen-stall");
     let _switch = start_switch(&s);
     let r = pktgen(
@@ -171,12 +181,14 @@ fn pktgen_counts_loss_when_the_sink_stops_draining() {
         "too little loss for a sink stalled 3/4 of the time: {d}"
     );
     assert_eq!(u(d, "corrupted"), 0, "{d}");
-    // Every frame the sink missed was dropped by the switch for want of rx buffers.
+    // Every frame the sink missed was dropped by the switch for want of rx buffers — except
+    // frames a descheduled switch put into the last posted buffers after pktgen stopped
+    // counting (at most one ring's worth; usually none).
     let p1 = port_stats(&s.path("ctl"), "p1");
-    assert_eq!(
-        u(&p1, "tx_dropped"),
-        lost,
-        "switch drops vs pktgen loss: {p1} / {d}"
+    let dropped = u(&p1, "tx_dropped");
+    assert!(
+        dropped <= lost && lost - dropped <= 256,
+        "switch drops {dropped} vs pktgen loss {lost}: {p1} / {d}"
     );
 }
 
@@ -188,6 +200,7 @@ fn pktgen_listens_for_a_client_mode_vswitch() {
     ) {
         return;
     }
+    let _serial = serial();
     let s = Scratch::new("pktgen-listen");
     // The switch connects to sockets pktgen listens on, retrying every second.
     let _switch = spawn_switch(&s, "--vhost-user-client");
@@ -221,6 +234,7 @@ fn frontend_with_two_queue_pairs_passes_frames_on_both_through_vswitch() {
     ) {
         return;
     }
+    let _serial = serial();
     let s = Scratch::new("pktgen-mq");
     let _switch = start_switch(&s);
     let attach = |name: &str| {
