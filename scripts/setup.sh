@@ -37,7 +37,12 @@ if [[ -d $pool ]]; then
     total=$(cat $pool/nr_hugepages)
     if ((free < want)); then
         if [[ $(id -u) == 0 ]]; then
-            echo $((total + want - free)) > $pool/nr_hugepages || true
+            # Raise the pool by what is missing, but never past twice the wanted free count:
+            # pages held by leftover processes must not ratchet the reservation up run by run.
+            new=$((total + want - free))
+            cap=$((2 * want))
+            ((new > cap && total < cap)) && new=$cap
+            ((new > total)) && echo $new > $pool/nr_hugepages || true
             log "2 MiB hugepages: $(cat $pool/nr_hugepages) reserved, $(cat $pool/free_hugepages) free"
         else
             log "only $free 2 MiB hugepages free; as root: echo $((total + want - free)) > $pool/nr_hugepages"
