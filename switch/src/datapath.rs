@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use crate::fdb::{is_group, mac_from_bytes, Fdb};
+use crate::offload::{self, VnetHdr};
 use crate::sg::{self, SegList};
 use crate::stats::PmdCounters;
 use crate::vring::{ChainError, DeviceRing};
@@ -98,6 +99,10 @@ pub struct QueueRt {
     ring: SpinLock<DeviceRing>,
     avail_idx: *const AtomicU16,
     consumed: AtomicU16,
+    /// Offloads of the session that owns the ring (`offload::OFL_*`): on a guest's tx ring,
+    /// nonzero when the guest may send offload headers (CSUM / HOST_TSO*); on an rx ring, what
+    /// the guest accepts (GUEST_CSUM / GUEST_TSO4 / GUEST_TSO6).
+    offloads: u8,
 }
 
 // SAFETY: `avail_idx` points into guest memory kept alive by the ring inside (an Arc'd memory
@@ -112,7 +117,19 @@ impl QueueRt {
             avail_idx: ring.avail_idx_ptr(),
             consumed: AtomicU16::new(ring.last_avail()),
             ring: SpinLock::new(ring),
+            offloads: 0,
         }
+    }
+
+    /// Sets the ring's offloads (see the field).
+    pub fn with_offloads(mut self, offloads: u8) -> Self {
+        self.offloads = offloads;
+        self
+    }
+
+    #[inline(always)]
+    pub fn offloads(&self) -> u8 {
+        self.offloads
     }
 
     /// True when the driver may have posted buffers not yet consumed (a hint: racy by design,
@@ -205,13 +222,25 @@ pub struct Pkt {
     pub len: u32,
     /// Destination ports (bit mask).
     pub dest: u64,
+    /// What the frame needs from its destination (`offload::OFL_*`; 0 for ordinary frames).
+    pub needs: u8,
+    /// The source's virtio-net header offload fields (meaningful when `needs` is not 0).
+    pub vnet: VnetHdr,
+}
+
+/// Scratch space for writing frames into destinations.
+pub struct TxBufs {
+    /// The first rx buffer of a frame, then the following ones (mergeable buffers).
+    pub first: SegList,
+    pub cur: SegList,
+    /// The software offload fallback's working memory.
+    pub offload: Box<offload::Scratch>,
 }
 
 /// Preallocated per-PMD working memory: nothing is allocated while forwarding.
 pub struct Workspace {
     pub pkts: Vec<Pkt>,
-    pub first: SegList,
-    pub cur: SegList,
+    pub bufs: TxBufs,
     pub pmd_index: usize,
 }
 
@@ -225,10 +254,15 @@ impl Workspace {
                     off: 0,
                     len: 0,
                     dest: 0,
+                    needs: 0,
+                    vnet: [0; 10],
                 })
                 .collect(),
-            first: SegList::default(),
-            cur: SegList::default(),
+            bufs: TxBufs {
+                first: SegList::default(),
+                cur: SegList::default(),
+                offload: offload::Scratch::new(),
+            },
             pmd_index,
         })
     }
@@ -268,7 +302,7 @@ impl Forwarder<'_> {
         }
     }
 
-    fn note_error(&self, port: u8, e: ChainError) {
+    pub(crate) fn note_error(&self, port: u8, e: ChainError) {
         let pc = &self.counters.ports[port as usize];
         pc.errors.add(1);
         self.counters.last_error[port as usize].store(error_code(e), Ordering::Relaxed);
@@ -309,6 +343,7 @@ impl Forwarder<'_> {
             }
         };
         let n = ready.min(BURST);
+        let src_offloads = queue.offloads() != 0;
         let mut union = 0u64;
         let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
         // Pass 1: walk every chain of the burst and prefetch each frame's Ethernet header, so
@@ -319,6 +354,7 @@ impl Forwarder<'_> {
             p.head = head;
             p.dest = 0;
             p.len = 0;
+            p.needs = 0;
             match ring.walk(head, false, &mut p.segs) {
                 Ok(total)
                     if total >= hdr_len as u64 + 14
@@ -326,6 +362,9 @@ impl Forwarder<'_> {
                 {
                     p.off = hdr_len as u32;
                     p.len = (total - hdr_len as u64) as u32;
+                    if src_offloads && !self.read_offloads(port, p) {
+                        continue;
+                    }
                     if let Some(first) = p.segs.segs().first() {
                         if first.len as usize > hdr_len {
                             // SAFETY: hdr_len < first.len, inside the validated segment.
@@ -358,13 +397,7 @@ impl Forwarder<'_> {
             rx_packets += 1;
             rx_bytes += p.len as u64;
         }
-        self.deliver(
-            &ws.pkts[..n],
-            union,
-            &mut ws.first,
-            &mut ws.cur,
-            ws.pmd_index,
-        );
+        self.deliver(&ws.pkts[..n], union, &mut ws.bufs, ws.pmd_index);
         for p in ws.pkts[..n].iter() {
             ring.push_used(p.head, 0);
         }
@@ -380,14 +413,7 @@ impl Forwarder<'_> {
 
     /// Delivers parsed frames to every port in `union`.
     #[inline(always)]
-    pub fn deliver(
-        &self,
-        pkts: &[Pkt],
-        union: u64,
-        first: &mut SegList,
-        cur: &mut SegList,
-        pmd_index: usize,
-    ) {
+    pub fn deliver(&self, pkts: &[Pkt], union: u64, bufs: &mut TxBufs, pmd_index: usize) {
         let mut rest = union;
         while rest != 0 {
             let d = rest.trailing_zeros() as usize;
@@ -402,7 +428,7 @@ impl Forwarder<'_> {
                     mrg_rxbuf,
                     to_guest,
                 } => self.deliver_vhost(
-                    port.id, *hdr_len, *mrg_rxbuf, to_guest, pkts, bit, first, cur, pmd_index,
+                    port.id, *hdr_len, *mrg_rxbuf, to_guest, pkts, bit, bufs, pmd_index,
                 ),
                 PortOut::Tap(tap) => crate::tap::deliver(self, port.id, tap, pkts, bit),
             }
@@ -418,8 +444,7 @@ impl Forwarder<'_> {
         to_guest: &[Arc<QueueRt>],
         pkts: &[Pkt],
         bit: u64,
-        first: &mut SegList,
-        cur: &mut SegList,
+        bufs: &mut TxBufs,
         pmd_index: usize,
     ) {
         let pc = &self.counters.ports[port as usize];
@@ -428,7 +453,9 @@ impl Forwarder<'_> {
                 .add(pkts.iter().filter(|p| p.dest & bit != 0).count() as u64);
             return;
         }
-        let mut ring = to_guest[pmd_index % to_guest.len()].lock();
+        let queue = &to_guest[pmd_index % to_guest.len()];
+        let caps = queue.offloads();
+        let mut ring = queue.lock();
         if let Err(e) = ring.refresh_avail() {
             self.note_error(port, e);
             pc.tx_dropped
@@ -437,6 +464,17 @@ impl Forwarder<'_> {
         }
         let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
         for p in pkts.iter().filter(|p| p.dest & bit != 0) {
+            let vnet = if p.needs == 0 {
+                &NO_OFFLOADS
+            } else if p.needs & !caps == 0 {
+                &p.vnet
+            } else {
+                let (s, b, d) = self.deliver_fallback(port, &mut ring, p, hdr_len, mrg, bufs);
+                sent += s;
+                bytes += b;
+                dropped += d;
+                continue;
+            };
             match enqueue(
                 &mut ring,
                 &p.segs,
@@ -444,8 +482,9 @@ impl Forwarder<'_> {
                 p.len as usize,
                 hdr_len,
                 mrg,
-                first,
-                cur,
+                vnet,
+                &mut bufs.first,
+                &mut bufs.cur,
             ) {
                 Ok(()) => {
                     sent += 1;
@@ -478,8 +517,12 @@ pub enum EnqueueError {
     Bad(ChainError),
 }
 
-/// Writes one frame (with a fresh virtio-net header of `hdr_len` bytes) into a guest's rx ring.
-/// With mergeable rx buffers the frame may span several buffers (`num_buffers`).
+/// The virtio-net header fields of a frame without offloads.
+pub const NO_OFFLOADS: VnetHdr = [0; 10];
+
+/// Writes one frame (with a fresh virtio-net header of `hdr_len` bytes whose first 10 bytes are
+/// `vnet`) into a guest's rx ring. With mergeable rx buffers the frame may span several buffers
+/// (`num_buffers`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn enqueue(
@@ -489,15 +532,17 @@ pub fn enqueue(
     len: usize,
     hdr_len: usize,
     mrg: bool,
+    vnet: &VnetHdr,
     first: &mut SegList,
     cur: &mut SegList,
 ) -> Result<(), EnqueueError> {
     if ring.ready() == 0 && ring.refresh_avail().unwrap_or(0) == 0 {
         return Err(EnqueueError::NoBuffer);
     }
-    // Offloads are not negotiated, so the header is all zeros but num_buffers (VERSION_1 or
+    // The source's offload fields (zeros for ordinary frames) and num_buffers (VERSION_1 or
     // MRG_RXBUF headers have it; it is 1 unless mergeable buffers are used).
     let mut hdr = [0u8; 12];
+    hdr[..10].copy_from_slice(vnet);
     hdr[10] = 1;
     let head = ring.next_head();
     let cap = match ring.walk(head, true, first) {

@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod datapath;
 pub mod fdb;
 pub mod guest_mem;
+pub mod offload;
 pub mod pmd;
 pub mod render;
 pub mod sg;

@@ -645,6 +645,7 @@ fn chain_error_from_code(code: u64) -> Option<ChainError> {
         TooManySegments,
         Runt,
         BadAvailIndex,
+        BadOffload,
     ]
     .into_iter()
     .find(|e| crate::datapath::error_code(*e) == code)

@@ -2,28 +2,37 @@
 //!
 //! The fd is non-blocking: a poll reads until EAGAIN or a burst, and a write that would block
 //! is a counted drop, never a stall. Frames from guests are written with `writev` straight from
-//! guest memory (the only copy is the kernel's). The vnet header is all zeros both ways: the
-//! switch negotiates no checksum or segmentation offloads, so every frame is complete on the
-//! wire (see the README's limitations).
+//! guest memory (the only copy is the kernel's).
+//!
+//! Offloads (TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6): the kernel may hand us
+//! frames with a partial checksum or TCP frames of up to 64 KiB, described by the vnet header,
+//! which the datapath treats like a guest's offload header. Frames we write carry their
+//! source's offload fields: the kernel completes checksums and segments itself, so a TAP
+//! accepts every offload.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::datapath::{Forwarder, Pkt, SpinLock, BURST};
+use crate::datapath::{Forwarder, Pkt, SpinLock, BURST, NO_OFFLOADS};
 use crate::vring::ChainError;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// virtio-net header length used on the TAP (the 12-byte VERSION_1 form).
 pub const TAP_HDR_LEN: usize = 12;
-/// Largest frame read from the TAP (jumbo-capable), plus the header.
-const SLOT: usize = 9216 + TAP_HDR_LEN;
+/// Largest frame read from the TAP (a 64 KiB GSO frame with its Ethernet header), plus the
+/// vnet header.
+const SLOT: usize = 65536 + 256 + TAP_HDR_LEN;
 
 /// Errors opening a TAP.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +92,8 @@ pub struct TapRt {
     file: File,
     pub ifname: String,
     rx: SpinLock<TapRxBufs>,
+    /// The kernel accepted TUNSETOFFLOAD: frames read may carry offload fields.
+    offloads: bool,
 }
 
 impl TapRt {
@@ -115,6 +126,17 @@ impl TapRt {
                 source: io::Error::last_os_error(),
             });
         }
+        let offl: libc::c_uint = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes the flags as the (integer) argument itself.
+        let offloads =
+            unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, offl as libc::c_ulong) } >= 0;
+        if !offloads {
+            tracing::warn!(
+                "TAP {ifname}: the kernel refused checksum/TSO offloads ({}); frames from it \
+                 are complete and smaller",
+                io::Error::last_os_error()
+            );
+        }
         set_link_up(ifname).map_err(|source| TapError::Up {
             name: ifname.to_string(),
             source,
@@ -122,6 +144,7 @@ impl TapRt {
         Ok(TapRt {
             file,
             ifname: ifname.to_string(),
+            offloads,
             rx: SpinLock::new(TapRxBufs {
                 mem: hugepages::SharedMemory::new(
                     &format!("tap-{ifname}"),
@@ -189,6 +212,10 @@ pub fn poll(
         p.segs.push(slot, got as u32);
         p.off = TAP_HDR_LEN as u32;
         p.len = (got - TAP_HDR_LEN) as u32;
+        p.needs = 0;
+        if tap.offloads && !fwd.read_offloads(port, p) {
+            continue; // counted; the slot is reused
+        }
         let mut eth = [0u8; 12];
         // SAFETY: `got` >= header + 14 bytes were just written into our slot.
         unsafe { std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12) };
@@ -199,13 +226,7 @@ pub fn poll(
         n += 1;
     }
     if n > 0 {
-        fwd.deliver(
-            &ws.pkts[..n],
-            union,
-            &mut ws.first,
-            &mut ws.cur,
-            ws.pmd_index,
-        );
+        fwd.deliver(&ws.pkts[..n], union, &mut ws.bufs, ws.pmd_index);
     }
     let pc = &fwd.counters.ports[port as usize];
     pc.rx_packets.add(rx_packets);
@@ -222,13 +243,15 @@ pub fn poll(
 
 /// Writes the frames of `pkts` addressed to `bit` to the TAP.
 pub fn deliver(fwd: &Forwarder<'_>, port: u8, tap: &TapRt, pkts: &[Pkt], bit: u64) {
-    let hdr = [0u8; TAP_HDR_LEN];
+    let mut hdr = [0u8; TAP_HDR_LEN];
     let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; crate::sg::MAX_SEGS + 1];
     for p in pkts.iter().filter(|p| p.dest & bit != 0) {
+        // The kernel completes checksums and segments what we write (num_buffers is unused).
+        hdr[..10].copy_from_slice(if p.needs == 0 { &NO_OFFLOADS } else { &p.vnet });
         iov[0] = libc::iovec {
             iov_base: hdr.as_ptr() as *mut libc::c_void,
             iov_len: TAP_HDR_LEN,

@@ -35,6 +35,12 @@ use crate::vring::{DeviceRing, RingAddrs};
 pub const MAX_QUEUE_PAIRS: usize = 8;
 const NUM_VRINGS: usize = 2 * MAX_QUEUE_PAIRS;
 
+const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 const VIRTIO_F_ANY_LAYOUT: u64 = 1 << 27;
@@ -45,6 +51,12 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Virtio features every vhost-user port offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_NET_F_CSUM
+    | VIRTIO_NET_F_GUEST_CSUM
+    | VIRTIO_NET_F_GUEST_TSO4
+    | VIRTIO_NET_F_GUEST_TSO6
+    | VIRTIO_NET_F_HOST_TSO4
+    | VIRTIO_NET_F_HOST_TSO6
     | VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_RING_F_EVENT_IDX
     | VIRTIO_RING_F_INDIRECT_DESC
@@ -63,6 +75,12 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
 pub fn feature_names(features: u64) -> Vec<&'static str> {
     let names = [
         (VIRTIO_F_VERSION_1, "VERSION_1"),
+        (VIRTIO_NET_F_CSUM, "CSUM"),
+        (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+        (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
+        (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
         (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
         (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
         (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
@@ -148,6 +166,23 @@ impl VhostPortBackend {
         }
     }
 
+    /// Offloads of ring `index` for the datapath: on an rx ring what the guest accepts, on a
+    /// tx ring whether the guest may send offload headers at all.
+    fn ring_offloads(&self, index: usize) -> u8 {
+        use crate::offload::{OFL_CSUM, OFL_TSO4, OFL_TSO6};
+        let f = self.features;
+        let has = |bit: u64, ofl: u8| if f & bit != 0 { ofl } else { 0 };
+        if index.is_multiple_of(2) {
+            has(VIRTIO_NET_F_GUEST_CSUM, OFL_CSUM)
+                | has(VIRTIO_NET_F_GUEST_TSO4, OFL_TSO4)
+                | has(VIRTIO_NET_F_GUEST_TSO6, OFL_TSO6)
+        } else {
+            has(VIRTIO_NET_F_CSUM, OFL_CSUM)
+                | has(VIRTIO_NET_F_HOST_TSO4, OFL_TSO4)
+                | has(VIRTIO_NET_F_HOST_TSO6, OFL_TSO6)
+        }
+    }
+
     fn should_run(&self, v: &VringCtl) -> bool {
         self.mem.is_some() && v.kicked && v.enabled && v.addrs.is_some() && v.size > 0
     }
@@ -193,6 +228,7 @@ impl VhostPortBackend {
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
         for i in 0..NUM_VRINGS {
             let run = self.should_run(&self.vrings[i]);
+            let offloads = self.ring_offloads(i);
             let mem = self.mem.clone();
             let v = &mut self.vrings[i];
             v.dirty = false;
@@ -210,7 +246,7 @@ impl VhostPortBackend {
                         v.size,
                         ring.last_avail()
                     );
-                    v.active = Some(Arc::new(QueueRt::new(ring)));
+                    v.active = Some(Arc::new(QueueRt::new(ring).with_offloads(offloads)));
                     started = true;
                 }
                 Err(e) => self

@@ -93,6 +93,8 @@ pub enum ChainError {
     Runt,
     #[error("avail index moved by more than the queue size")]
     BadAvailIndex,
+    #[error("virtio-net header asks for an offload that is malformed (unknown GSO type, checksum outside the frame, zero segment size, or not TCP as declared)")]
+    BadOffload,
 }
 
 /// Ring indices as seen at one moment.
