@@ -328,6 +328,11 @@ unsafe fn segment<E>(
         ethertype = u16::from_be_bytes([b[16], b[17]]);
         l3 = 18;
     }
+    // IP length fields are 16 bits: a larger "GSO frame" is not one (and would only make us
+    // work for a hostile guest).
+    if len - l3 > 0xffff {
+        return Err(bad());
+    }
     let v4 = gso == GSO_TCPV4;
     let l4 = if v4 {
         if ethertype != 0x0800 || have < l3 + 20 || b[l3] >> 4 != 4 || b[l3 + 9] != 6 {

@@ -305,6 +305,13 @@ fn gso_frames_that_are_not_tcp_as_declared_are_refused() {
         run(&f[..40], &h),
         Err(FallbackError::Offload(OffloadError::BadGsoFrame))
     ));
+    // Longer than an IP packet can be.
+    let (big, _, l4) = tcp_frame(false, 65_500, 0);
+    let h = hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16);
+    assert!(matches!(
+        run(&big, &h),
+        Err(FallbackError::Offload(OffloadError::BadGsoFrame))
+    ));
     // TCP data offset pointing past the frame.
     let mut g = f[..l4 + 20].to_vec();
     g[l4 + 12] = 0xf0;
