@@ -440,14 +440,14 @@ pub fn format_report(r: &CompareReport) -> String {
         s.push('\n');
         for x in &r.ratios {
             s.push_str(&format!(
-                "vswitch / {} at {} B: {:.2}x\n",
+                "- vswitch / {} at {} B: {:.2}x\n",
                 x.peer, x.size, x.vswitch_over_peer
             ));
         }
     }
     for st in r.switches.iter().filter(|s| s.status != "measured") {
         s.push_str(&format!(
-            "{} {}: {}\n",
+            "- {} {}: {}\n",
             st.status,
             st.name,
             st.reason.as_deref().unwrap_or("")
