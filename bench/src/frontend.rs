@@ -1,14 +1,15 @@
 //! `VhostUserPort`: a vhost-user FRONTEND of our own (like DPDK's virtio-user, no VM): it owns its
-//! memory (one shared, hugepage-backed region) and a virtio-net queue pair, and drives a switch
-//! port through the vhost-user protocol.
+//! memory (one shared, hugepage-backed region) and one or more virtio-net queue pairs, and drives
+//! a switch port through the vhost-user protocol.
 //!
-//! Queue pair layout: vring 0 is rx (the device writes frames the switch sends us), vring 1 is tx
-//! (frames we send). Each descriptor id owns one fixed buffer slot; a frame takes one tx
-//! descriptor; rx buffers are `rx_buffer_len` bytes and frames larger than one buffer arrive as
-//! mergeable buffers (`num_buffers` > 1), which [`VhostUserPort::recv`] gathers.
+//! Queue pair `i` is vring `2i` (rx: the device writes frames the switch sends us) and vring
+//! `2i + 1` (tx: frames we send); with one pair, vring 0 is rx and vring 1 is tx. Each descriptor
+//! id owns one fixed buffer slot; a frame takes one tx descriptor; rx buffers are `rx_buffer_len`
+//! bytes and frames larger than one buffer arrive as mergeable buffers (`num_buffers` > 1), which
+//! [`PortDatapath::recv`] gathers.
 //!
-//! Memory map of the region (guest physical address 0 = start of the mapping):
-//! rx ring | tx ring | rx buffers | tx buffers | scratch (for hostile tests).
+//! Memory map of the region (guest physical address 0 = start of the mapping): the rings of every
+//! vring in index order | per pair: rx buffers, tx buffers | 64 KiB scratch (for hostile tests).
 
 use std::path::PathBuf;
 use std::time::Duration;
