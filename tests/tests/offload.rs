@@ -1,8 +1,8 @@
 //! Checksum and TSO offload through vswitch, with our own frontend driver on every port: a
-//! guest that negotiated CSUM/HOST_TSO4 sends a partial-checksum frame and a 30 KB TCP GSO frame;
-//! a port with GUEST_CSUM/GUEST_TSO4 gets them as they are (header fields preserved, mergeable
-//! buffers), ports without get complete frames and correct segments; malformed offload headers
-//! are dropped and counted.
+//! guest that negotiated CSUM/HOST_TSO4/6 sends a partial-checksum frame and TCP GSO frames
+//! (30 KB over IPv4, 20 KB over IPv6); a port with GUEST_CSUM/GUEST_TSO4/6 gets them as they are
+//! (header fields preserved, mergeable buffers), ports without get complete frames and correct
+//! segments; malformed offload headers are dropped and counted.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ const HOST_TSO6: u64 = 1 << 12;
 
 const NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
 const L3: usize = 14;
 const L4: usize = 34;
 const HL: usize = 54;
@@ -60,6 +61,33 @@ fn tcp4(payload: usize) -> Vec<u8> {
     let seed = sum(&[&pseudo(&f)]);
     f[L4 + 16..L4 + 18].copy_from_slice(&seed.to_be_bytes());
     f
+}
+
+/// An IPv6 TCP frame (no options) with the pseudo-header sum in its checksum field.
+fn tcp6(payload: usize) -> Vec<u8> {
+    let mut f = mac(99).to_vec();
+    f.extend_from_slice(&mac(1));
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&((20 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[6, 64]);
+    f.extend((0..32).map(|i| if i % 16 == 0 { 0xfd } else { i as u8 }));
+    f.extend_from_slice(&[0x1f, 0x90, 0xc0, 0x01]);
+    f.extend_from_slice(&7u32.to_be_bytes());
+    f.extend_from_slice(&5u32.to_be_bytes());
+    f.extend_from_slice(&[0x50, 0x18, 0x10, 0, 0, 0, 0, 0]);
+    f.extend((0..payload).map(|i| (i % 253) as u8));
+    let seed = sum(&[&pseudo6(&f)]);
+    f[V6_L4 + 16..V6_L4 + 18].copy_from_slice(&seed.to_be_bytes());
+    f
+}
+
+const V6_L4: usize = 54;
+
+fn pseudo6(f: &[u8]) -> Vec<u8> {
+    let mut p = f[L3 + 8..L3 + 40].to_vec();
+    p.extend_from_slice(&((f.len() - V6_L4) as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 6]);
+    p
 }
 
 fn vnet(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; 12] {
@@ -215,6 +243,34 @@ fn offloads_pass_through_to_ports_that_negotiated_them_and_are_done_in_software_
     assert_eq!(lab.stats("src").stats.errors, 0);
     assert_eq!(lab.stats("plain").stats.tx_packets, 1 + segs as u64);
     assert_eq!(lab.stats("tso").stats.tx_packets, 2);
+
+    // A 20 KB TCP GSO frame over IPv6.
+    let mss6 = 1428;
+    let f = tcp6(20_000);
+    let h = vnet(NEEDS_CSUM, GSO_TCPV6, mss6 as u16, V6_L4 as u16, 16);
+    send_raw(&mut src, &h, &f);
+    let got = collect(&mut tso, 1);
+    assert_eq!(got.len(), 1, "one large IPv6 frame");
+    assert_eq!(&got[0].0[..10], &h[..10]);
+    assert_eq!(got[0].1, f);
+    for port in [&mut plain, &mut legacy] {
+        let got = collect(port, 20_000usize.div_ceil(mss6));
+        assert_eq!(got.len(), 20_000usize.div_ceil(mss6));
+        let mut data = Vec::new();
+        for (i, (_, s)) in got.iter().enumerate() {
+            let n = s.len() - V6_L4 - 20;
+            assert_eq!(u16::from_be_bytes([s[L3 + 4], s[L3 + 5]]) as usize, 20 + n);
+            let seq = u32::from_be_bytes([s[V6_L4 + 4], s[V6_L4 + 5], s[V6_L4 + 6], s[V6_L4 + 7]]);
+            assert_eq!(seq, 7 + (i * mss6) as u32);
+            assert_eq!(
+                sum(&[&pseudo6(s), &s[V6_L4..]]),
+                0xffff,
+                "IPv6 segment {i}: TCP checksum"
+            );
+            data.extend_from_slice(&s[V6_L4 + 20..]);
+        }
+        assert_eq!(data, &f[V6_L4 + 20..]);
+    }
 
     // Malformed offload headers: dropped, counted, nobody gets anything.
     let small = tcp4(100);
