@@ -773,6 +773,14 @@ fn serve_session(
                 }
                 break;
             }
+            // QEMU 7.2 sends SET_VRING_ENABLE before it acks VHOST_USER_F_PROTOCOL_FEATURES;
+            // the vhost crate refuses those and rings start enabled anyway (see VringCtl), so
+            // they are not the frontend's fault worth counting.
+            Err(VuError::InactiveFeature(f)) if f.bits() == VHOST_USER_F_PROTOCOL_FEATURES => {
+                tracing::debug!(
+                    "port {name}: ignored a message sent before protocol features were acked"
+                )
+            }
             Err(e) => core.note_protocol_error(uid, &e.to_string()),
         }
     }
