@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::peers::{self, PeerConfig, SwitchKind};
 use crate::rate::{parse_duration, Rate, SizeList, SizeMix};
-use crate::report::{Machine, COMPARE_SCHEMA};
+use crate::report::{error_chain, Machine, COMPARE_SCHEMA};
 use crate::run::{AttachConfig, RunError, Session, TrialConfig};
 use crate::stats::LatencySummary;
 
@@ -182,7 +182,7 @@ fn measure_once(
     acc_out: &mut [Acc],
 ) -> Result<(), String> {
     let mut acc = acc_out.to_vec();
-    let running = peers::start(kind, peer).map_err(|e| chain(&e))?;
+    let running = peers::start(kind, peer).map_err(|e| error_chain(&e))?;
     let attach = AttachConfig {
         tx_socket: running.sock0.clone(),
         rx_socket: running.sock1.clone(),
@@ -191,7 +191,7 @@ fn measure_once(
         huge: HugePolicy::default(),
         connect_timeout: Duration::from_secs(10),
     };
-    let mut session = Session::attach(&attach).map_err(|e| chain(&e))?;
+    let mut session = Session::attach(&attach).map_err(|e| error_chain(&e))?;
     let page_kib = session.ports()[0].memory().page_size().kib();
     acc.iter_mut().for_each(|a| a.page_kib = page_kib);
     // Let the switch settle (port enable, PMD reload), then warm caches and rings with one
@@ -208,7 +208,7 @@ fn measure_once(
         progress: false,
         rx_stall_after: None,
     };
-    session.trial(&warm).map_err(|e| chain(&e))?;
+    session.trial(&warm).map_err(|e| error_chain(&e))?;
     for (i, &size) in a.sizes.0.iter().enumerate() {
         let cfg = TrialConfig {
             size,
@@ -221,7 +221,7 @@ fn measure_once(
             progress: false,
             rx_stall_after: None,
         };
-        let r = session.trial(&cfg).map_err(|e: RunError| chain(&e))?;
+        let r = session.trial(&cfg).map_err(|e: RunError| error_chain(&e))?;
         let d = &r.directions[0];
         eprintln!(
             "  {:<9} size {:>5}: tx {:7.3} Mpps  rx {:7.3} Mpps  {:6.2} Gbps  loss {:7.3}%",
@@ -241,7 +241,7 @@ fn measure_once(
                 duration: a.latency_duration,
                 ..cfg
             };
-            let r = session.trial(&cfg).map_err(|e| chain(&e))?;
+            let r = session.trial(&cfg).map_err(|e| error_chain(&e))?;
             let l = r.directions[0].latency;
             if let Some(l) = l {
                 eprintln!(
@@ -261,17 +261,6 @@ fn measure_once(
     drop(running);
     acc_out.clone_from_slice(&acc);
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Runs the comparison, prints the table, writes JSON and SVG.

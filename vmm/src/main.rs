@@ -101,15 +101,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         nets: a.nets,
         console,
     })
-    .map_err(|e| {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(c) = src {
-            s += &format!(": {c}");
-            src = c.source();
-        }
-        s
-    })?;
+    .map_err(|e| bench::report::error_chain(&e))?;
     eprintln!("{report}");
     Ok(ExitCode::from(report.ending.status() as u8))
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bench::rate::{parse_duration, Rate, SizeList, SizeMix};
-use bench::report::{self, Machine, RunReport};
+use bench::report::{self, error_chain, Machine, RunReport};
 use bench::run::{AttachConfig, Session, TrialConfig};
 use clap::{Args, Parser, Subcommand};
 use hugepages::{HugePolicy, PageSize};
@@ -166,17 +166,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn write_json<T: serde::Serialize>(path: &PathBuf, v: &T) -> Result<(), String> {
