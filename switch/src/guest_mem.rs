@@ -197,14 +197,6 @@ impl GuestMemory {
         None
     }
 
-    /// Guest physical address of a frontend virtual address, when mapped.
-    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
-        self.regions
-            .iter()
-            .find(|r| va.wrapping_sub(r.va) < r.size)
-            .map(|r| r.gpa + (va - r.va))
-    }
-
     /// Total mapped bytes.
     pub fn total_size(&self) -> u64 {
         self.regions.iter().map(|r| r.size).sum()
@@ -260,7 +252,6 @@ pub(crate) mod tests {
         let a = mem.translate(0x10000, 1).unwrap() as usize;
         let b = mem.translate_va(0x7000_0000, 1).unwrap() as usize;
         assert_eq!(a, b);
-        assert_eq!(mem.va_to_gpa(0x7000_0010), Some(0x10010));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::datapath::{PmdSnapshot, PortOut, PortRt, QueueRt, RxSource, RxqRt, MA
 use crate::fdb::Fdb;
 use crate::pmd::{PmdError, PmdHandle};
 use crate::stats::{PmdStats, PortStats};
-use crate::tap::{TapError, TapRt, TAP_HDR_LEN};
+use crate::tap::{TapError, TapRt};
 use crate::vhost_port::{feature_names, Mode, PortError, PortRunner};
 use crate::vring::ChainError;
 
@@ -621,11 +621,6 @@ impl SwitchCore {
                 }
             })
             .expect("spawn housekeeping thread")
-    }
-
-    /// The TAP header length (for documentation and tests).
-    pub fn tap_header_len() -> usize {
-        TAP_HDR_LEN
     }
 }
 
