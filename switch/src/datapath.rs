@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::fdb::{is_group, mac_from_bytes, Fdb};
 use crate::offload::{self, VnetHdr};
 use crate::sg::{self, SegList};
-use crate::stats::PmdCounters;
+use crate::stats::{PmdCounters, TxDrop};
 use crate::vring::{ChainError, DeviceRing};
 
 /// Most ports a switch has (port ids are bits in a u64 destination mask).
@@ -303,8 +303,7 @@ impl Forwarder<'_> {
     }
 
     pub(crate) fn note_error(&self, port: u8, e: ChainError) {
-        let pc = &self.counters.ports[port as usize];
-        pc.errors.add(1);
+        self.counters.ports[port as usize].error(e, 1);
         self.counters.last_error[port as usize].store(error_code(e), Ordering::Relaxed);
     }
 
@@ -449,8 +448,10 @@ impl Forwarder<'_> {
     ) {
         let pc = &self.counters.ports[port as usize];
         if to_guest.is_empty() {
-            pc.tx_dropped
-                .add(pkts.iter().filter(|p| p.dest & bit != 0).count() as u64);
+            pc.dropped(
+                TxDrop::NoRxBuffer,
+                pkts.iter().filter(|p| p.dest & bit != 0).count() as u64,
+            );
             return;
         }
         let queue = &to_guest[pmd_index % to_guest.len()];
@@ -458,11 +459,14 @@ impl Forwarder<'_> {
         let mut ring = queue.lock();
         if let Err(e) = ring.refresh_avail() {
             self.note_error(port, e);
-            pc.tx_dropped
-                .add(pkts.iter().filter(|p| p.dest & bit != 0).count() as u64);
+            pc.dropped(
+                TxDrop::RxRingError,
+                pkts.iter().filter(|p| p.dest & bit != 0).count() as u64,
+            );
             return;
         }
-        let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        let mut dropped = [0u64; TxDrop::COUNT];
         for p in pkts.iter().filter(|p| p.dest & bit != 0) {
             let vnet = if p.needs == 0 {
                 &NO_OFFLOADS
@@ -472,7 +476,9 @@ impl Forwarder<'_> {
                 let (s, b, d) = self.deliver_fallback(port, &mut ring, p, hdr_len, mrg, bufs);
                 sent += s;
                 bytes += b;
-                dropped += d;
+                if let Some(d) = d {
+                    dropped[d as usize] += 1;
+                }
                 continue;
             };
             match enqueue(
@@ -490,9 +496,10 @@ impl Forwarder<'_> {
                     sent += 1;
                     bytes += p.len as u64;
                 }
-                Err(EnqueueError::NoBuffer) | Err(EnqueueError::TooBig) => dropped += 1,
+                Err(EnqueueError::NoBuffer) => dropped[TxDrop::NoRxBuffer as usize] += 1,
+                Err(EnqueueError::TooBig) => dropped[TxDrop::RxBufferTooSmall as usize] += 1,
                 Err(EnqueueError::Bad(e)) => {
-                    dropped += 1;
+                    dropped[TxDrop::RxRingError as usize] += 1;
                     self.note_error(port, e);
                 }
             }
@@ -502,7 +509,9 @@ impl Forwarder<'_> {
         }
         pc.tx_packets.add(sent);
         pc.tx_bytes.add(bytes);
-        pc.tx_dropped.add(dropped);
+        for (why, n) in TxDrop::ALL.iter().zip(dropped) {
+            pc.dropped(*why, n);
+        }
     }
 }
 

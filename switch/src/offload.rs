@@ -10,6 +10,7 @@
 
 use crate::datapath::{enqueue, EnqueueError, Forwarder, Pkt, TxBufs, NO_OFFLOADS};
 use crate::sg::{Seg, SegList};
+use crate::stats::TxDrop;
 use crate::vring::{ChainError, DeviceRing};
 
 /// virtio-net header flag: the checksum at `csum_start + csum_offset` must be completed.
@@ -462,7 +463,7 @@ impl Forwarder<'_> {
         hdr_len: usize,
         mrg: bool,
         bufs: &mut TxBufs,
-    ) -> (u64, u64, u64) {
+    ) -> (u64, u64, Option<TxDrop>) {
         let TxBufs {
             first,
             cur,
@@ -481,16 +482,21 @@ impl Forwarder<'_> {
             )
         };
         match r {
-            Ok(e) => (e.frames, e.bytes, 0),
+            Ok(e) => (e.frames, e.bytes, None),
             Err(FallbackError::Offload(_)) => {
                 self.note_error(port, ChainError::BadOffload);
-                (0, 0, 1)
+                (0, 0, Some(TxDrop::OffloadFailed))
             }
             Err(FallbackError::Emit { err, sent, bytes }) => {
-                if let EnqueueError::Bad(e) = err {
-                    self.note_error(port, e);
-                }
-                (sent, bytes, 1)
+                let why = match err {
+                    EnqueueError::NoBuffer => TxDrop::NoRxBuffer,
+                    EnqueueError::TooBig => TxDrop::RxBufferTooSmall,
+                    EnqueueError::Bad(e) => {
+                        self.note_error(port, e);
+                        TxDrop::RxRingError
+                    }
+                };
+                (sent, bytes, Some(why))
             }
         }
     }

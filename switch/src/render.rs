@@ -55,6 +55,19 @@ pub fn stats_table(rows: &[PortStatsRow]) -> String {
             st.tx_dropped,
             st.errors
         );
+        let reasons = |list: Vec<(&str, u64)>| {
+            list.iter()
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (errs, drops) = (st.error_reasons.nonzero(), st.drop_reasons.nonzero());
+        if !errs.is_empty() {
+            let _ = writeln!(s, "    errors by reason: {}", reasons(errs));
+        }
+        if !drops.is_empty() {
+            let _ = writeln!(s, "    tx drops by reason: {}", reasons(drops));
+        }
     }
     s.push_str("(RX: frames the switch received from the port; TX: frames it sent to the port)\n");
     s

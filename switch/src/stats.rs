@@ -8,6 +8,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::datapath::MAX_PORTS;
+use crate::vring::ChainError;
+
+/// Why a frame for a port was not delivered to it (its `tx_dropped`, by reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TxDrop {
+    /// The port had no rx buffer posted.
+    NoRxBuffer,
+    /// The frame does not fit the posted rx buffer (no mergeable buffers).
+    RxBufferTooSmall,
+    /// The port's rx descriptors were bad, or its rx ring is broken.
+    RxRingError,
+    /// The frame needed a software offload (checksum/segmentation) that failed.
+    OffloadFailed,
+    /// A TAP device refused the write.
+    TapWriteFailed,
+}
+
+impl TxDrop {
+    pub const ALL: [TxDrop; 5] = [
+        TxDrop::NoRxBuffer,
+        TxDrop::RxBufferTooSmall,
+        TxDrop::RxRingError,
+        TxDrop::OffloadFailed,
+        TxDrop::TapWriteFailed,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TxDrop::NoRxBuffer => "no_rx_buffer",
+            TxDrop::RxBufferTooSmall => "rx_buffer_too_small",
+            TxDrop::RxRingError => "rx_ring_error",
+            TxDrop::OffloadFailed => "offload_failed",
+            TxDrop::TapWriteFailed => "tap_write_failed",
+        }
+    }
+}
 
 /// A single-writer counter.
 #[derive(Default)]
@@ -43,6 +81,101 @@ pub struct PortCounters {
     pub tx_dropped: Counter,
     /// Bad descriptors or malformed frames from this port's guest.
     pub errors: Counter,
+    /// `errors` by reason (index: `ChainError as usize`).
+    pub error_reasons: [Counter; ChainError::COUNT],
+    /// `tx_dropped` by reason (index: `TxDrop as usize`).
+    pub drop_reasons: [Counter; TxDrop::COUNT],
+}
+
+impl PortCounters {
+    /// Counts `n` refused frames of one reason.
+    #[inline(always)]
+    pub fn error(&self, e: ChainError, n: u64) {
+        self.errors.add(n);
+        self.error_reasons[e as usize].add(n);
+    }
+
+    /// Counts `n` frames for this port that were dropped, of one reason.
+    #[inline(always)]
+    pub fn dropped(&self, why: TxDrop, n: u64) {
+        self.tx_dropped.add(n);
+        self.drop_reasons[why as usize].add(n);
+    }
+}
+
+/// A set of reasons counted per port.
+pub trait ReasonKind {
+    /// Number of reasons (at most [`MAX_REASONS`]).
+    const COUNT: usize;
+    /// The reason's key in JSON and tables.
+    fn name(i: usize) -> &'static str;
+}
+
+/// Capacity of a [`Reasons`] table.
+pub const MAX_REASONS: usize = 16;
+
+impl ReasonKind for ChainError {
+    const COUNT: usize = ChainError::COUNT;
+    fn name(i: usize) -> &'static str {
+        ChainError::ALL[i].name()
+    }
+}
+
+impl ReasonKind for TxDrop {
+    const COUNT: usize = TxDrop::COUNT;
+    fn name(i: usize) -> &'static str {
+        TxDrop::ALL[i].name()
+    }
+}
+
+/// Per-reason counts as shown to users: every reason, by name (zeros included, so the JSON
+/// schema does not depend on what happened).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reasons<R> {
+    pub counts: [u64; MAX_REASONS],
+    kind: std::marker::PhantomData<R>,
+}
+
+impl<R> Clone for Reasons<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Reasons<R> {}
+
+impl<R> Default for Reasons<R> {
+    fn default() -> Self {
+        Reasons {
+            counts: [0; MAX_REASONS],
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<R: ReasonKind> Reasons<R> {
+    pub fn get(&self, i: usize) -> u64 {
+        self.counts[i]
+    }
+
+    /// (name, count) of every reason with a nonzero count.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        (0..R::COUNT)
+            .filter(|&i| self.counts[i] > 0)
+            .map(|i| (R::name(i), self.counts[i]))
+            .collect()
+    }
+}
+
+impl<R: ReasonKind> Serialize for Reasons<R> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(R::COUNT))?;
+        for i in 0..R::COUNT {
+            m.serialize_entry(R::name(i), &self.counts[i])?;
+        }
+        m.end()
+    }
 }
 
 /// Port counters as shown to users.
@@ -54,6 +187,10 @@ pub struct PortStats {
     pub tx_bytes: u64,
     pub tx_dropped: u64,
     pub errors: u64,
+    /// `errors` by reason.
+    pub error_reasons: Reasons<ChainError>,
+    /// `tx_dropped` by reason.
+    pub drop_reasons: Reasons<TxDrop>,
 }
 
 impl PortStats {
@@ -64,18 +201,52 @@ impl PortStats {
         self.tx_bytes += c.tx_bytes.get();
         self.tx_dropped += c.tx_dropped.get();
         self.errors += c.errors.get();
+        for (sum, c) in self.error_reasons.counts.iter_mut().zip(&c.error_reasons) {
+            *sum += c.get();
+        }
+        for (sum, c) in self.drop_reasons.counts.iter_mut().zip(&c.drop_reasons) {
+            *sum += c.get();
+        }
     }
 
     /// `self - base`, for counters cleared by remembering a baseline.
     pub fn since(&self, base: &PortStats) -> PortStats {
-        PortStats {
+        let mut out = PortStats {
             rx_packets: self.rx_packets.wrapping_sub(base.rx_packets),
             rx_bytes: self.rx_bytes.wrapping_sub(base.rx_bytes),
             tx_packets: self.tx_packets.wrapping_sub(base.tx_packets),
             tx_bytes: self.tx_bytes.wrapping_sub(base.tx_bytes),
             tx_dropped: self.tx_dropped.wrapping_sub(base.tx_dropped),
             errors: self.errors.wrapping_sub(base.errors),
+            ..*self
+        };
+        for (o, b) in out
+            .error_reasons
+            .counts
+            .iter_mut()
+            .zip(base.error_reasons.counts)
+        {
+            *o = o.wrapping_sub(b);
         }
+        for (o, b) in out
+            .drop_reasons
+            .counts
+            .iter_mut()
+            .zip(base.drop_reasons.counts)
+        {
+            *o = o.wrapping_sub(b);
+        }
+        out
+    }
+
+    /// Count of one refusal reason.
+    pub fn error_count(&self, e: ChainError) -> u64 {
+        self.error_reasons.get(e as usize)
+    }
+
+    /// Count of one drop reason.
+    pub fn drop_count(&self, d: TxDrop) -> u64 {
+        self.drop_reasons.get(d as usize)
     }
 }
 
@@ -92,7 +263,7 @@ pub struct PmdCounters {
     pub burst_packets: Counter,
     /// Interrupts (call eventfd writes) sent to guests.
     pub interrupts: Counter,
-    /// Last error seen per port (a ChainError discriminant + 1; 0 none), for the rate-limited log.
+    /// Last error seen per port (`ChainError as u64 + 1`; 0 none), for the rate-limited log.
     pub last_error: Vec<AtomicU64>,
 }
 
@@ -172,5 +343,37 @@ pub fn tsc() -> u64 {
     #[cfg(not(target_arch = "x86_64"))]
     {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_tables_are_in_discriminant_order_and_serialize_by_name() {
+        for (i, e) in ChainError::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i);
+            assert_eq!(ChainError::from_index(i), Some(*e));
+        }
+        for (i, d) in TxDrop::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i);
+        }
+        let c = PortCounters::default();
+        c.error(ChainError::TooLong, 3);
+        c.dropped(TxDrop::NoRxBuffer, 2);
+        let mut s = PortStats::default();
+        s.add(&c);
+        assert_eq!((s.errors, s.tx_dropped), (3, 2));
+        assert_eq!(s.error_count(ChainError::TooLong), 3);
+        let base = s;
+        c.error(ChainError::TooLong, 1);
+        let mut later = PortStats::default();
+        later.add(&c);
+        assert_eq!(later.since(&base).error_count(ChainError::TooLong), 1);
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["error_reasons"]["too_long"], 3);
+        assert_eq!(json["error_reasons"]["runt"], 0);
+        assert_eq!(json["drop_reasons"]["no_rx_buffer"], 2);
     }
 }

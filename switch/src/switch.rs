@@ -629,19 +629,5 @@ fn same_path(a: &Path, b: &Path) -> bool {
 }
 
 fn chain_error_from_code(code: u64) -> Option<ChainError> {
-    use ChainError::*;
-    [
-        BadIndex,
-        BadAddress,
-        Loop,
-        ZeroLength,
-        WrongDirection,
-        BadIndirect,
-        TooManySegments,
-        Runt,
-        BadAvailIndex,
-        BadOffload,
-    ]
-    .into_iter()
-    .find(|e| crate::datapath::error_code(*e) == code)
+    ChainError::from_index(code.checked_sub(1)? as usize)
 }

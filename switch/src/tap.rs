@@ -232,7 +232,7 @@ pub fn poll(
     pc.rx_packets.add(rx_packets);
     pc.rx_bytes.add(rx_bytes);
     if errors > 0 {
-        pc.errors.add(errors);
+        pc.error(ChainError::Runt, errors);
         fwd.counters.last_error[port as usize].store(
             crate::datapath::error_code(ChainError::Runt),
             std::sync::atomic::Ordering::Relaxed,
@@ -285,5 +285,5 @@ pub fn deliver(fwd: &Forwarder<'_>, port: u8, tap: &TapRt, pkts: &[Pkt], bit: u6
     let pc = &fwd.counters.ports[port as usize];
     pc.tx_packets.add(sent);
     pc.tx_bytes.add(bytes);
-    pc.tx_dropped.add(dropped);
+    pc.dropped(crate::stats::TxDrop::TapWriteFailed, dropped);
 }

@@ -72,8 +72,10 @@ pub enum RingError {
     },
 }
 
-/// Why one descriptor chain was rejected. Each is counted as an error on its port.
+/// Why a frame from a guest (or a TAP) was refused. Each is counted per port and per reason
+/// (`vswitch ctl stats --json` shows them by [`ChainError::name`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[repr(u8)]
 pub enum ChainError {
     #[error("descriptor index out of range")]
     BadIndex,
@@ -95,6 +97,65 @@ pub enum ChainError {
     BadAvailIndex,
     #[error("virtio-net header asks for an offload that is malformed (unknown GSO type, checksum outside the frame, zero segment size, or not TCP as declared)")]
     BadOffload,
+    #[error("virtio-net header asks for an offload the port did not negotiate")]
+    OffloadNotNegotiated,
+    #[error("frame longer than the port's maximum frame length")]
+    TooLong,
+    #[error("source MAC not allowed on this port (port security)")]
+    SpoofedSource,
+    #[error("source MAC not learned: the port reached its maximum of learned MACs")]
+    MacLimit,
+    #[error("the ring is broken and no longer polled until the frontend resets it")]
+    RingBroken,
+}
+
+impl ChainError {
+    /// Every reason, in discriminant order (the index into per-reason counters).
+    pub const ALL: [ChainError; 15] = [
+        ChainError::BadIndex,
+        ChainError::BadAddress,
+        ChainError::Loop,
+        ChainError::ZeroLength,
+        ChainError::WrongDirection,
+        ChainError::BadIndirect,
+        ChainError::TooManySegments,
+        ChainError::Runt,
+        ChainError::BadAvailIndex,
+        ChainError::BadOffload,
+        ChainError::OffloadNotNegotiated,
+        ChainError::TooLong,
+        ChainError::SpoofedSource,
+        ChainError::MacLimit,
+        ChainError::RingBroken,
+    ];
+    /// Number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The reason's key in JSON and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainError::BadIndex => "bad_desc_index",
+            ChainError::BadAddress => "bad_desc_address",
+            ChainError::Loop => "desc_loop",
+            ChainError::ZeroLength => "zero_length_desc",
+            ChainError::WrongDirection => "wrong_direction",
+            ChainError::BadIndirect => "bad_indirect",
+            ChainError::TooManySegments => "too_many_segments",
+            ChainError::Runt => "runt",
+            ChainError::BadAvailIndex => "bad_avail_index",
+            ChainError::BadOffload => "bad_offload",
+            ChainError::OffloadNotNegotiated => "offload_not_negotiated",
+            ChainError::TooLong => "too_long",
+            ChainError::SpoofedSource => "spoofed_source",
+            ChainError::MacLimit => "mac_limit",
+            ChainError::RingBroken => "ring_broken",
+        }
+    }
+
+    /// Inverse of `as u8`.
+    pub fn from_index(i: usize) -> Option<ChainError> {
+        Self::ALL.get(i).copied()
+    }
 }
 
 /// Ring indices as seen at one moment.
