@@ -749,6 +749,13 @@ impl PortDatapath {
         Ok(self.scratch_gpa() + offset as u64)
     }
 
+    /// Writes `bytes` anywhere in our memory at guest physical address `gpa` (hostile tests:
+    /// corrupting ring indices or descriptors behind the driver's back).
+    pub fn write_guest(&mut self, gpa: u64, bytes: &[u8]) {
+        let start = (gpa - GUEST_PHYS_BASE) as usize;
+        self.mem.as_mut_slice()[start..start + bytes.len()].copy_from_slice(bytes);
+    }
+
     /// One past the highest valid guest physical address of our memory.
     pub fn gpa_end(&self) -> u64 {
         GUEST_PHYS_BASE + self.mem.len() as u64

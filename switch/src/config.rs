@@ -5,11 +5,14 @@
 //! ctl = "/run/switchyard/vswitch.ctl"
 //! mac_aging_secs = 300
 //! pmd_max_sleep_us = 0
+//! max_frame_len = 9234        # longest frame without TSO
 //! [[port]]
 //! name = "vm1"
 //! type = "vhost-user"        # or "tap"
 //! socket = "/tmp/vm1.sock"   # for vhost-user
 //! client = false             # true: the switch connects (QEMU server=on)
+//! allowed_macs = ["52:54:00:00:00:01"]   # port security (optional): only these sources
+//! max_macs = 4                # port security (optional): most MACs learned on the port
 //! [[port]]
 //! name = "uplink"
 //! type = "tap"
@@ -31,6 +34,27 @@ pub struct PortConfig {
     #[serde(default)]
     pub client: bool,
     pub ifname: Option<String>,
+    /// Port security: source MACs the port may use (absent or empty: any).
+    #[serde(default)]
+    pub allowed_macs: Vec<String>,
+    /// Port security: most MACs learned on the port (absent or 0: no cap).
+    #[serde(default)]
+    pub max_macs: u32,
+}
+
+impl PortConfig {
+    /// The port's security settings, when any are set.
+    pub fn security(
+        &self,
+    ) -> Result<Option<crate::datapath::PortSecurity>, crate::switch::SwitchError> {
+        if self.allowed_macs.is_empty() && self.max_macs == 0 {
+            return Ok(None);
+        }
+        Ok(Some(crate::datapath::PortSecurity {
+            allowed_macs: crate::switch::parse_mac_list(&self.allowed_macs.join(","))?,
+            max_macs: self.max_macs,
+        }))
+    }
 }
 
 /// The config file.
@@ -41,6 +65,8 @@ pub struct FileConfig {
     pub ctl: Option<PathBuf>,
     pub mac_aging_secs: Option<u32>,
     pub pmd_max_sleep_us: Option<u64>,
+    /// Longest frame without TSO (bytes, Ethernet header included).
+    pub max_frame_len: Option<u32>,
     #[serde(default)]
     pub port: Vec<PortConfig>,
 }

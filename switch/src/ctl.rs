@@ -32,6 +32,14 @@ pub enum Request {
     DelPort {
         name: String,
     },
+    /// Port security: `allowed_macs` a comma-separated list or "any"; `max_macs` 0 for no cap.
+    SetPort {
+        name: String,
+        #[serde(default)]
+        allowed_macs: Option<String>,
+        #[serde(default)]
+        max_macs: Option<u32>,
+    },
     Ports,
     Fdb,
     FdbFlush,
@@ -257,6 +265,29 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
             Ok(()) => Response::ok(serde_json::Value::Null, format!("deleted port {name}\n")),
             Err(e) => Response::err(e),
         },
+        Request::SetPort {
+            name,
+            allowed_macs,
+            max_macs,
+        } => {
+            let mut sec = match core.port_security(&name) {
+                Ok(s) => s,
+                Err(e) => return Response::err(e),
+            };
+            if let Some(list) = allowed_macs {
+                match crate::switch::parse_mac_list(&list) {
+                    Ok(macs) => sec.allowed_macs = macs,
+                    Err(e) => return Response::err(e),
+                }
+            }
+            if let Some(n) = max_macs {
+                sec.max_macs = n;
+            }
+            match core.set_port_security(&name, sec) {
+                Ok(()) => Response::ok(serde_json::Value::Null, format!("port {name} updated\n")),
+                Err(e) => Response::err(e),
+            }
+        }
         Request::Ports => {
             let ports = core.ports();
             let text = crate::render::ports_table(&ports);

@@ -7,19 +7,59 @@
 //! interrupt decision per destination), then the source buffers are returned with one publish.
 
 use std::cell::UnsafeCell;
+use std::fs::File;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
-use crate::fdb::{is_group, mac_from_bytes, Fdb};
+use crate::fdb::{is_group, mac_from_bytes, Fdb, Learn, Mac};
 use crate::offload::{self, VnetHdr};
 use crate::sg::{self, SegList};
 use crate::stats::{PmdCounters, TxDrop};
-use crate::vring::{ChainError, DeviceRing};
+use crate::vring::{ChainError, DeviceRing, MAX_QUEUE_SIZE};
 
 /// Most ports a switch has (port ids are bits in a u64 destination mask).
 pub const MAX_PORTS: usize = 64;
 /// Frames taken from one ring per poll.
 pub const BURST: usize = 32;
+/// Default longest plain frame (Ethernet header to FCS-less end), as OVS-DPDK's 9216-byte MTU
+/// ceiling plus a VLAN tag's worth of Ethernet header.
+pub const DEFAULT_MAX_FRAME: u32 = 9216 + 18;
+/// Longest GSO frame: an IP packet of 64 KiB plus Ethernet and VLAN headers.
+pub const MAX_GSO_FRAME: u32 = 65535 + 18;
+
+/// Datapath limits, switch-wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest frame without GSO (bytes after the virtio-net header); at most
+    /// [`MAX_GSO_FRAME`].
+    pub max_frame: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Port security (OVS NORMAL has none by default, and neither does a port here unless set).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSecurity {
+    /// Source MACs the port may send from (empty: any).
+    pub allowed_macs: Vec<Mac>,
+    /// Most MACs learned on the port at once (0: no limit). Frames from a new source beyond
+    /// the limit are dropped (counted as `mac_limit`).
+    pub max_macs: u32,
+}
+
+impl PortSecurity {
+    /// True when nothing is restricted.
+    pub fn is_open(&self) -> bool {
+        self.allowed_macs.is_empty() && self.max_macs == 0
+    }
+}
 
 /// A spin lock held for one burst at most.
 ///
@@ -103,6 +143,11 @@ pub struct QueueRt {
     /// nonzero when the guest may send offload headers (CSUM / HOST_TSO*); on an rx ring, what
     /// the guest accepts (GUEST_CSUM / GUEST_TSO4 / GUEST_TSO6).
     offloads: u8,
+    /// Set by a PMD when the driver broke the ring (an avail index that jumped): nobody polls or
+    /// fills it again; the control path sees it and the frontend must reset the ring.
+    broken: AtomicBool,
+    /// The frontend's call eventfd, non-blocking (checked by the control path).
+    call: Option<File>,
 }
 
 // SAFETY: `avail_idx` points into guest memory kept alive by the ring inside (an Arc'd memory
@@ -112,13 +157,36 @@ unsafe impl Sync for QueueRt {}
 unsafe impl Send for QueueRt {}
 
 impl QueueRt {
-    pub fn new(ring: DeviceRing) -> Self {
+    /// A ring for the datapath. `call` must be a non-blocking eventfd (or absent).
+    pub fn new(ring: DeviceRing, call: Option<File>) -> Self {
         QueueRt {
             avail_idx: ring.avail_idx_ptr(),
             consumed: AtomicU16::new(ring.last_avail()),
             ring: SpinLock::new(ring),
             offloads: 0,
+            broken: AtomicBool::new(false),
+            call,
         }
+    }
+
+    /// Interrupts the driver. Called with no lock held; the fd is non-blocking, so a frontend
+    /// that never drains it costs nothing (EAGAIN means an interrupt is already pending).
+    #[inline(always)]
+    pub fn notify(&self) {
+        if let Some(call) = &self.call {
+            let _ = (&*call).write(&1u64.to_ne_bytes());
+        }
+    }
+
+    /// True once a PMD found the ring broken by its driver.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Marks the ring broken; true for the call that did it (the one that counts it).
+    #[inline(never)]
+    fn set_broken(&self) -> bool {
+        !self.broken.swap(true, Ordering::Relaxed)
     }
 
     /// Sets the ring's offloads (see the field).
@@ -138,7 +206,7 @@ impl QueueRt {
     pub fn maybe_ready(&self) -> bool {
         // SAFETY: see the Sync impl: valid while `self.ring` lives, which `self` guarantees.
         let avail = unsafe { &*self.avail_idx }.load(Ordering::Relaxed);
-        avail != self.consumed.load(Ordering::Relaxed)
+        avail != self.consumed.load(Ordering::Relaxed) && !self.is_broken()
     }
 
     #[inline(always)]
@@ -200,6 +268,9 @@ pub struct PmdSnapshot {
     /// Bit i set when `ports[i]` is present.
     pub present: u64,
     pub rxqs: Vec<RxqRt>,
+    /// Port security per port id (None: open, the default).
+    pub security: Vec<Option<Arc<PortSecurity>>>,
+    pub limits: Limits,
 }
 
 impl PmdSnapshot {
@@ -208,6 +279,8 @@ impl PmdSnapshot {
             ports: (0..MAX_PORTS).map(|_| None).collect(),
             present: 0,
             rxqs: Vec::new(),
+            security: (0..MAX_PORTS).map(|_| None).collect(),
+            limits: Limits::default(),
         }
     }
 }
@@ -235,33 +308,47 @@ pub struct TxBufs {
     pub cur: SegList,
     /// The software offload fallback's working memory.
     pub offload: Box<offload::Scratch>,
+    /// A whole frame with a virtio-net header, for writing a long chain to a TAP in one piece.
+    pub linear: Box<[u8]>,
 }
 
 /// Preallocated per-PMD working memory: nothing is allocated while forwarding.
 pub struct Workspace {
     pub pkts: Vec<Pkt>,
+    /// A frame whose chain is longer than a burst slot's list (up to the queue size): it is
+    /// forwarded alone, as a burst of one.
+    pub long: Pkt,
     pub bufs: TxBufs,
     pub pmd_index: usize,
 }
 
+impl Pkt {
+    fn with_capacity(segs: usize) -> Self {
+        Pkt {
+            segs: SegList::with_capacity(segs),
+            head: 0,
+            off: 0,
+            len: 0,
+            dest: 0,
+            needs: 0,
+            vnet: [0; 10],
+        }
+    }
+}
+
 impl Workspace {
     pub fn new(pmd_index: usize) -> Box<Self> {
+        let longest = MAX_QUEUE_SIZE as usize;
         Box::new(Workspace {
             pkts: (0..BURST)
-                .map(|_| Pkt {
-                    segs: SegList::default(),
-                    head: 0,
-                    off: 0,
-                    len: 0,
-                    dest: 0,
-                    needs: 0,
-                    vnet: [0; 10],
-                })
+                .map(|_| Pkt::with_capacity(crate::sg::MAX_SEGS))
                 .collect(),
+            long: Pkt::with_capacity(longest),
             bufs: TxBufs {
-                first: SegList::default(),
-                cur: SegList::default(),
+                first: SegList::with_capacity(longest),
+                cur: SegList::with_capacity(longest),
                 offload: offload::Scratch::new(),
+                linear: vec![0u8; 16 + MAX_GSO_FRAME as usize].into_boxed_slice(),
             },
             pmd_index,
         })
@@ -307,23 +394,101 @@ impl Forwarder<'_> {
         self.counters.last_error[port as usize].store(error_code(e), Ordering::Relaxed);
     }
 
-    /// Decides where a frame goes and learns its source. `eth` is the first 12 bytes.
+    /// Decides where a frame goes and learns its source. `eth` is the first 12 bytes. Refused
+    /// (with the reason) when the port's security does not allow the source.
     #[inline(always)]
-    pub fn classify(&self, in_port: u8, eth: &[u8; 12]) -> u64 {
+    pub fn classify(&self, in_port: u8, eth: &[u8; 12]) -> Result<u64, ChainError> {
         let dst = mac_from_bytes(&eth[0..6]);
         let src = mac_from_bytes(&eth[6..12]);
-        if !is_group(src) {
-            self.fdb.learn(src, in_port);
+        match self.snap.security[in_port as usize].as_deref() {
+            None => {
+                if !is_group(src) {
+                    self.fdb.learn(src, in_port, 0);
+                }
+            }
+            Some(sec) => self.check_source(in_port, src, sec)?,
         }
         let flood = self.snap.present & !(1u64 << in_port);
         if is_group(dst) {
-            return flood;
+            return Ok(flood);
         }
-        match self.fdb.lookup(dst) {
+        Ok(match self.fdb.lookup(dst) {
             Some(p) if p == in_port => 0,
             Some(p) => (1u64 << p) & self.snap.present,
             None => flood,
+        })
+    }
+
+    /// Port security: the source must be allowed, and learning it must fit the port's limit.
+    #[inline(never)]
+    fn check_source(&self, in_port: u8, src: Mac, sec: &PortSecurity) -> Result<(), ChainError> {
+        if is_group(src) || (!sec.allowed_macs.is_empty() && !sec.allowed_macs.contains(&src)) {
+            return Err(ChainError::SpoofedSource);
         }
+        match self.fdb.learn(src, in_port, sec.max_macs) {
+            Learn::Refused => Err(ChainError::MacLimit),
+            _ => Ok(()),
+        }
+    }
+
+    /// A driver broke its ring: counted once, and nobody touches the ring again.
+    #[cold]
+    fn break_ring(&self, port: u8, queue: &QueueRt, e: ChainError) {
+        if queue.set_broken() {
+            self.note_error(port, e);
+        }
+    }
+
+    /// Walks one tx chain into `p` and checks the frame. `Err(TooManySegments)` means "retry
+    /// with a longer list"; other errors were counted.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &self,
+        port: u8,
+        ring: &DeviceRing,
+        p: &mut Pkt,
+        head: u16,
+        hdr_len: usize,
+        src_offloads: bool,
+        max_walk: u64,
+    ) -> Result<(), ChainError> {
+        p.head = head;
+        p.dest = 0;
+        p.len = 0;
+        p.needs = 0;
+        let total = match ring.walk(head, false, &mut p.segs, max_walk) {
+            Ok(total) => total,
+            Err(ChainError::TooManySegments) => return Err(ChainError::TooManySegments),
+            Err(e) => {
+                self.note_error(port, e);
+                return Err(e);
+            }
+        };
+        if total < hdr_len as u64 + 14 {
+            self.note_error(port, ChainError::Runt);
+            return Err(ChainError::Runt);
+        }
+        p.off = hdr_len as u32;
+        // `max_walk` is below 4 GiB: the length fits.
+        p.len = (total - hdr_len as u64) as u32;
+        if src_offloads && !self.read_offloads(port, p) {
+            return Err(ChainError::BadOffload);
+        }
+        if p.len > self.snap.limits.max_frame
+            && p.needs & (offload::OFL_TSO4 | offload::OFL_TSO6) == 0
+        {
+            p.len = 0;
+            self.note_error(port, ChainError::TooLong);
+            return Err(ChainError::TooLong);
+        }
+        if let Some(first) = p.segs.segs().first() {
+            if first.len as usize > hdr_len {
+                // SAFETY: hdr_len < first.len, inside the validated segment.
+                prefetch(unsafe { first.ptr.add(hdr_len) });
+            }
+        }
+        Ok(())
     }
 
     fn poll_vhost(&self, port: u8, queue: &QueueRt, hdr_len: usize, ws: &mut Workspace) -> usize {
@@ -337,71 +502,101 @@ impl Forwarder<'_> {
             Ok(0) => return 0,
             Ok(n) => n as usize,
             Err(e) => {
-                self.note_error(port, e);
+                self.break_ring(port, queue, e);
                 return 0;
             }
         };
-        let n = ready.min(BURST);
+        let mut n = ready.min(BURST);
         let src_offloads = queue.offloads() != 0;
-        let mut union = 0u64;
-        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        // The walk stops as soon as a chain claims more than the longest frame we take.
+        let longest = if queue.offloads() & (offload::OFL_TSO4 | offload::OFL_TSO6) != 0 {
+            self.snap.limits.max_frame.max(MAX_GSO_FRAME)
+        } else {
+            self.snap.limits.max_frame
+        };
+        let max_walk = hdr_len as u64 + longest as u64;
         // Pass 1: walk every chain of the burst and prefetch each frame's Ethernet header, so
         // the cache misses on guest buffers overlap instead of stalling one after another.
-        for p in ws.pkts[..n].iter_mut() {
+        let mut long = false;
+        for i in 0..n {
             let head = ring.next_head();
             ring.advance();
-            p.head = head;
-            p.dest = 0;
-            p.len = 0;
-            p.needs = 0;
-            match ring.walk(head, false, &mut p.segs) {
-                Ok(total)
-                    if total >= hdr_len as u64 + 14
-                        && total - (hdr_len as u64) <= u32::MAX as u64 =>
-                {
-                    p.off = hdr_len as u32;
-                    p.len = (total - hdr_len as u64) as u32;
-                    if src_offloads && !self.read_offloads(port, p) {
-                        continue;
-                    }
-                    if let Some(first) = p.segs.segs().first() {
-                        if first.len as usize > hdr_len {
-                            // SAFETY: hdr_len < first.len, inside the validated segment.
-                            prefetch(unsafe { first.ptr.add(hdr_len) });
-                        }
-                    }
+            let r = self.take(
+                port,
+                &ring,
+                &mut ws.pkts[i],
+                head,
+                hdr_len,
+                src_offloads,
+                max_walk,
+            );
+            if r == Err(ChainError::TooManySegments) {
+                if i > 0 {
+                    // Forward what we have; this chain starts the next burst.
+                    ring.rewind(1, 0);
+                    n = i;
+                } else {
+                    ws.pkts[0].len = 0;
+                    long = true;
+                    let r = self.take(
+                        port,
+                        &ring,
+                        &mut ws.long,
+                        head,
+                        hdr_len,
+                        src_offloads,
+                        max_walk,
+                    );
+                    // The long list holds a whole queue's worth of segments.
+                    debug_assert_ne!(r, Err(ChainError::TooManySegments));
+                    n = 1;
                 }
-                Ok(_) => self.note_error(port, ChainError::Runt),
-                Err(e) => self.note_error(port, e),
+                break;
             }
         }
+        let pkts: &mut [Pkt] = if long {
+            std::slice::from_mut(&mut ws.long)
+        } else {
+            &mut ws.pkts[..n]
+        };
         // Pass 2: learn and decide destinations. Frames of a burst mostly share their MAC
         // pair, so the previous frame's decision is reused when the addresses repeat (learning
         // the same source twice in one burst changes nothing).
+        let mut union = 0u64;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
         let mut last: Option<([u8; 12], u64)> = None;
-        for p in ws.pkts[..n].iter_mut().filter(|p| p.len > 0) {
+        for p in pkts.iter_mut().filter(|p| p.len > 0) {
             let mut eth = [0u8; 12];
             // SAFETY: the segments were validated by `walk` against the memory table the ring
             // holds alive, and we hold the ring's lock.
             unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth) };
             p.dest = match last {
                 Some((prev, dest)) if prev == eth => dest,
-                _ => {
-                    let dest = self.classify(port, &eth);
-                    last = Some((eth, dest));
-                    dest
-                }
+                _ => match self.classify(port, &eth) {
+                    Ok(dest) => {
+                        last = Some((eth, dest));
+                        dest
+                    }
+                    Err(e) => {
+                        self.note_error(port, e);
+                        p.len = 0;
+                        continue;
+                    }
+                },
             };
             union |= p.dest;
             rx_packets += 1;
             rx_bytes += p.len as u64;
         }
-        self.deliver(&ws.pkts[..n], union, &mut ws.bufs, ws.pmd_index);
-        for p in ws.pkts[..n].iter() {
+        self.deliver(pkts, union, &mut ws.bufs, ws.pmd_index);
+        for p in pkts.iter() {
             ring.push_used(p.head, 0);
         }
         queue.set_consumed(ring.last_avail());
-        if ring.publish() {
+        let interrupt = ring.publish();
+        drop(ring);
+        if interrupt {
+            queue.notify();
             self.counters.interrupts.add(1);
         }
         let pc = &self.counters.ports[port as usize];
@@ -429,7 +624,7 @@ impl Forwarder<'_> {
                 } => self.deliver_vhost(
                     port.id, *hdr_len, *mrg_rxbuf, to_guest, pkts, bit, bufs, pmd_index,
                 ),
-                PortOut::Tap(tap) => crate::tap::deliver(self, port.id, tap, pkts, bit),
+                PortOut::Tap(tap) => crate::tap::deliver(self, port.id, tap, pkts, bit, bufs),
             }
         }
     }
@@ -457,8 +652,13 @@ impl Forwarder<'_> {
         let queue = &to_guest[pmd_index % to_guest.len()];
         let caps = queue.offloads();
         let mut ring = queue.lock();
-        if let Err(e) = ring.refresh_avail() {
-            self.note_error(port, e);
+        let refreshed = if queue.is_broken() {
+            Err(ChainError::BadAvailIndex)
+        } else {
+            ring.refresh_avail()
+        };
+        if let Err(e) = refreshed {
+            self.break_ring(port, queue, e);
             pc.dropped(
                 TxDrop::RxRingError,
                 pkts.iter().filter(|p| p.dest & bit != 0).count() as u64,
@@ -504,7 +704,10 @@ impl Forwarder<'_> {
                 }
             }
         }
-        if ring.publish() {
+        let interrupt = ring.publish();
+        drop(ring);
+        if interrupt {
+            queue.notify();
             self.counters.interrupts.add(1);
         }
         pc.tx_packets.add(sent);
@@ -525,6 +728,9 @@ pub enum EnqueueError {
     /// The guest's rx descriptors are bad.
     Bad(ChainError),
 }
+
+/// Longest rx buffer chain we take (a used element's length is a u32).
+const RX_CHAIN_MAX: u64 = u32::MAX as u64;
 
 /// The virtio-net header fields of a frame without offloads.
 pub const NO_OFFLOADS: VnetHdr = [0; 10];
@@ -554,7 +760,7 @@ pub fn enqueue(
     hdr[..10].copy_from_slice(vnet);
     hdr[10] = 1;
     let head = ring.next_head();
-    let cap = match ring.walk(head, true, first) {
+    let cap = match ring.walk(head, true, first, RX_CHAIN_MAX) {
         Ok(cap) => cap as usize,
         Err(e) => {
             ring.advance();
@@ -592,13 +798,15 @@ pub fn enqueue(
     let mut done = chunk;
     let mut bufs: u16 = 1;
     while done < len {
-        if ring.ready() == 0 && ring.refresh_avail().unwrap_or(0) == 0 {
+        // At most a queue's worth of buffers per frame: a driver re-posting the same heads
+        // cannot make one frame take more (and `num_buffers` cannot wrap).
+        if bufs >= ring.size() || (ring.ready() == 0 && ring.refresh_avail().unwrap_or(0) == 0) {
             // Not enough buffers for the whole frame: give them back untouched.
             ring.rewind(bufs, bufs);
             return Err(EnqueueError::NoBuffer);
         }
         let head = ring.next_head();
-        match ring.walk(head, true, cur) {
+        match ring.walk(head, true, cur, RX_CHAIN_MAX) {
             Ok(cap) => {
                 let c = (len - done).min(cap as usize);
                 // SAFETY: as above; `c` fits in this buffer and in what is left of the source.

@@ -73,9 +73,28 @@ pub struct FdbEntry {
     pub age_secs: u32,
 }
 
+/// What [`Fdb::learn`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learn {
+    /// Already known on that port.
+    Known,
+    /// Learned (new, or moved from another port).
+    Learned,
+    /// Not learned: the port is at its limit of learned MACs.
+    Refused,
+    /// Not learned: the MAC's neighbourhood holds only live entries of other ports, which a
+    /// newcomer does not evict (so a flood of random sources cannot push other tenants out).
+    Full,
+}
+
+/// Ports the per-port learned counts cover (port ids are below 128: 7 bits in an entry).
+const COUNTED_PORTS: usize = 128;
+
 /// The MAC table.
 pub struct Fdb {
     slots: Box<[Slot]>,
+    /// MACs currently learned per port (kept on insert/move/removal, for port security limits).
+    learned: Box<[AtomicU32]>,
     aging: AtomicU32,
     /// Coarse clock in seconds since start, advanced by the control path once a second so the
     /// hot path never reads a clock.
@@ -94,6 +113,11 @@ fn home(mac: Mac) -> usize {
 }
 
 #[inline(always)]
+fn entry_port(e: u64) -> u8 {
+    (e >> 48) as u8 & 0x7f
+}
+
+#[inline(always)]
 fn pack(mac: Mac, port: u8) -> u64 {
     VALID | ((port as u64) << 48) | (mac & MAC_MASK)
 }
@@ -108,6 +132,7 @@ impl Fdb {
             .collect();
         Fdb {
             slots,
+            learned: (0..COUNTED_PORTS).map(|_| AtomicU32::new(0)).collect(),
             aging: AtomicU32::new(aging_secs),
             now: AtomicU32::new(1),
         }
@@ -154,47 +179,94 @@ impl Fdb {
         None
     }
 
-    /// Learns `mac` on `port`.
+    /// Learns `mac` on `port`. With `max` > 0 the port may hold at most that many MACs: a new
+    /// one beyond it is refused (a known one refreshes). An entry is only ever replaced when it
+    /// aged out or belongs to the same port; a full neighbourhood of live entries refuses the
+    /// newcomer instead of evicting another port's station.
     #[inline(always)]
-    pub fn learn(&self, mac: Mac, port: u8) {
+    pub fn learn(&self, mac: Mac, port: u8, max: u32) -> Learn {
         let now = self.now();
+        let aging = self.aging();
         let h = home(mac);
         let want = mac & MAC_MASK;
         let packed = pack(mac, port);
-        let mut oldest = (u32::MAX, h);
+        let mut victim: Option<(u32, usize)> = None;
         for i in 0..PROBE {
             let idx = (h + i) & (SLOTS - 1);
             let slot = &self.slots[idx];
             let e = slot.entry.load(Ordering::Relaxed);
             if e & VALID != 0 && e & MAC_MASK == want {
+                let mut did = Learn::Known;
                 if e != packed {
+                    // A station move: the new port takes it, within its limit.
+                    if !self.may_add(port, max) {
+                        return Learn::Refused;
+                    }
                     slot.entry.store(packed, Ordering::Relaxed);
+                    self.moved(entry_port(e), port);
+                    did = Learn::Learned;
                 }
                 if slot.seen.load(Ordering::Relaxed) != now {
                     slot.seen.store(now, Ordering::Relaxed);
                 }
-                return;
+                return did;
             }
             if e == 0 {
+                if !self.may_add(port, max) {
+                    return Learn::Refused;
+                }
                 slot.seen.store(now, Ordering::Relaxed);
                 if slot
                     .entry
                     .compare_exchange(0, packed, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return;
+                    self.learned[port as usize & (COUNTED_PORTS - 1)]
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Learn::Learned;
                 }
                 continue;
             }
             let seen = slot.seen.load(Ordering::Relaxed);
-            if seen < oldest.0 {
-                oldest = (seen, idx);
+            let stale = now.wrapping_sub(seen) > aging;
+            if (stale || entry_port(e) == port) && victim.is_none_or(|(s, _)| seen < s) {
+                victim = Some((seen, idx));
             }
         }
-        // Neighbourhood full: replace the stalest entry.
-        let slot = &self.slots[oldest.1];
+        let Some((_, idx)) = victim else {
+            return Learn::Full;
+        };
+        if !self.may_add(port, max) {
+            return Learn::Refused;
+        }
+        let slot = &self.slots[idx];
+        let old = slot.entry.load(Ordering::Relaxed);
         slot.seen.store(now, Ordering::Relaxed);
         slot.entry.store(packed, Ordering::Relaxed);
+        self.moved(entry_port(old), port);
+        Learn::Learned
+    }
+
+    /// True when `port` may learn one more MAC under a limit of `max` (0: none).
+    #[inline(always)]
+    fn may_add(&self, port: u8, max: u32) -> bool {
+        max == 0 || self.learned_on(port) < max
+    }
+
+    #[inline(never)]
+    fn moved(&self, from: u8, to: u8) {
+        self.forget_one(from);
+        self.learned[to as usize & (COUNTED_PORTS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn forget_one(&self, port: u8) {
+        let c = &self.learned[port as usize & (COUNTED_PORTS - 1)];
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// MACs currently learned on `port` (aged-out entries count until `expire` removes them).
+    pub fn learned_on(&self, port: u8) -> u32 {
+        self.learned[port as usize & (COUNTED_PORTS - 1)].load(Ordering::Relaxed)
     }
 
     /// Removes aged-out entries (control path). Returns how many.
@@ -227,6 +299,7 @@ impl Fdb {
                     .compare_exchange(e, 0, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
+                self.forget_one(entry_port(e));
                 n += 1;
             }
         }
@@ -270,9 +343,9 @@ mod tests {
         let fdb = Fdb::new(10);
         let a = parse_mac("52:54:00:00:00:01").unwrap();
         assert_eq!(fdb.lookup(a), None);
-        fdb.learn(a, 3);
+        fdb.learn(a, 3, 0);
         assert_eq!(fdb.lookup(a), Some(3));
-        fdb.learn(a, 5);
+        fdb.learn(a, 5, 0);
         assert_eq!(fdb.lookup(a), Some(5), "a MAC that moves follows its port");
         fdb.tick(12);
         assert_eq!(fdb.lookup(a), None, "aged out after 10 s");
@@ -284,7 +357,7 @@ mod tests {
     fn many_macs_and_port_flush() {
         let fdb = Fdb::new(300);
         for i in 0..2000u64 {
-            fdb.learn(0x0200_0000_0000 | i, (i % 4) as u8);
+            fdb.learn(0x0200_0000_0000 | i, (i % 4) as u8, 0);
         }
         let found = (0..2000u64)
             .filter(|i| fdb.lookup(0x0200_0000_0000 | i) == Some((i % 4) as u8))
@@ -293,6 +366,40 @@ mod tests {
         let flushed = fdb.flush_port(1);
         assert!(flushed >= 490);
         assert!((0..2000u64).all(|i| fdb.lookup(0x0200_0000_0000 | i) != Some(1)));
+    }
+
+    #[test]
+    fn a_flood_of_sources_evicts_no_other_port_and_limits_hold() {
+        let fdb = Fdb::new(300);
+        let victims: Vec<Mac> = (0..500u64).map(|i| 0x0200_0000_0000 | i).collect();
+        for &v in &victims {
+            assert_eq!(fdb.learn(v, 1, 0), Learn::Learned);
+        }
+        // 50,000 random sources from port 2 (no limit): the victims stay.
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            fdb.learn(x & 0xfeff_ffff_ffff, 2, 0);
+        }
+        assert!(victims.iter().all(|&v| fdb.lookup(v) == Some(1)));
+        // With a limit, port 3 learns 10 and no more; a known one still refreshes.
+        let fdb = Fdb::new(300);
+        for &v in &victims {
+            fdb.learn(v, 1, 0);
+        }
+        for i in 0..20u64 {
+            let r = fdb.learn(0x0600_0000_0000 | i, 3, 10);
+            assert_eq!(r == Learn::Refused, i >= 10, "mac {i}: {r:?}");
+        }
+        assert_eq!(fdb.learned_on(3), 10);
+        assert_eq!(fdb.learn(0x0600_0000_0000, 3, 10), Learn::Known);
+        // Moving a victim's MAC onto the limited port is refused too.
+        assert_eq!(fdb.learn(victims[0], 3, 10), Learn::Refused);
+        assert_eq!(fdb.lookup(victims[0]), Some(1));
+        fdb.flush_port(3);
+        assert_eq!(fdb.learned_on(3), 0);
     }
 
     #[test]

@@ -62,6 +62,10 @@ struct RunArgs {
     /// Let idle PMDs sleep up to this many microseconds between polls (0: pure polling).
     #[arg(long)]
     pmd_max_sleep_us: Option<u64>,
+    /// Longest frame without TSO in bytes, Ethernet header included (default 9234: a 9216-byte
+    /// MTU plus Ethernet and VLAN headers); longer frames are dropped and counted as too_long.
+    #[arg(long)]
+    max_frame_len: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +106,17 @@ enum CtlCmd {
     },
     /// Delete a port (traffic on other ports continues).
     DelPort { name: String },
+    /// Change a port's settings while traffic flows. Port security (off by default):
+    /// `--allowed-macs 52:54:00:00:00:01,...` drops frames from any other source MAC
+    /// (`--allowed-macs any` lifts it); `--max-macs N` caps the MACs learned on the port
+    /// (0: no cap).
+    SetPort {
+        name: String,
+        #[arg(long, value_name = "MAC[,MAC...]|any")]
+        allowed_macs: Option<String>,
+        #[arg(long, value_name = "N")]
+        max_macs: Option<u32>,
+    },
     /// List ports with their state and negotiated features.
     #[command(alias = "show")]
     Ports,
@@ -181,6 +196,12 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
             .or(file.mac_aging_secs)
             .unwrap_or(switch::fdb::DEFAULT_AGING_SECS),
         pmd_max_sleep_us: args.pmd_max_sleep_us.or(file.pmd_max_sleep_us).unwrap_or(0),
+        limits: switch::datapath::Limits {
+            max_frame: args
+                .max_frame_len
+                .or(file.max_frame_len)
+                .unwrap_or(switch::datapath::DEFAULT_MAX_FRAME),
+        },
     };
     let ctl_path = args
         .ctl
@@ -191,7 +212,11 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
     let core = SwitchCore::new(&cfg)?;
 
     let mut ports: Vec<(String, PortKind)> = Vec::new();
+    let mut security = Vec::new();
     for p in &file.port {
+        if let Some(sec) = p.security()? {
+            security.push((p.name.clone(), sec));
+        }
         let kind = match p.kind.as_str() {
             "tap" => PortKind::Tap {
                 ifname: p.ifname.clone().unwrap_or_default(),
@@ -237,6 +262,12 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
             return Err(format!("port {name}: {e}").into());
         }
     }
+    for (name, sec) in security {
+        if let Err(e) = core.set_port_security(&name, sec) {
+            core.del_all_ports();
+            return Err(format!("port {name}: {e}").into());
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -271,6 +302,15 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
             client,
         }],
         CtlCmd::DelPort { name } => vec![Request::DelPort { name }],
+        CtlCmd::SetPort {
+            name,
+            allowed_macs,
+            max_macs,
+        } => vec![Request::SetPort {
+            name,
+            allowed_macs,
+            max_macs,
+        }],
         CtlCmd::Ports => vec![Request::Ports],
         CtlCmd::Fdb { flush: true } => vec![Request::FdbFlush],
         CtlCmd::Fdb { flush: false } => vec![Request::Fdb],

@@ -468,6 +468,7 @@ impl Forwarder<'_> {
             first,
             cur,
             offload: scratch,
+            ..
         } = bufs;
         // SAFETY: `p.segs` was validated by the source ring's walk (or is the TAP's buffer) and
         // the caller holds the source ring's lock, which keeps it mapped.

@@ -28,7 +28,14 @@ pub enum PmdError {
     },
     #[error("PMD on core {0} stopped answering")]
     Gone(usize),
+    #[error("PMD on core {core} did not take a new snapshot within {ms} ms; it keeps the old one until it does")]
+    Slow { core: usize, ms: u128 },
 }
+
+/// Longest the control path waits for one PMD to take a snapshot. A PMD picks one up between
+/// two bursts (microseconds); this bound only matters if a PMD is stuck, and keeps the control
+/// path (which holds the switch's state lock while it waits) answering.
+pub const SWAP_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum PmdMsg {
     Snapshot(Arc<PmdSnapshot>, Sender<Arc<PmdSnapshot>>),
@@ -135,14 +142,23 @@ impl PmdHandle {
         })
     }
 
-    /// Hands the PMD a new snapshot and waits until it is in use; returns the old one.
+    /// Hands the PMD a new snapshot and waits (at most [`SWAP_TIMEOUT`]) until it is in use;
+    /// returns the old one. On a timeout the PMD takes the snapshot later and drops the old
+    /// one itself: everything in a snapshot is reference-counted, so nothing it still uses is
+    /// freed under it.
     pub fn swap(&self, snap: Arc<PmdSnapshot>) -> Result<Arc<PmdSnapshot>, PmdError> {
         let (ack_tx, ack_rx) = bounded(1);
         self.tx
             .send(PmdMsg::Snapshot(snap, ack_tx))
             .map_err(|_| PmdError::Gone(self.core))?;
         self.mail.store(true, Ordering::Release);
-        ack_rx.recv().map_err(|_| PmdError::Gone(self.core))
+        ack_rx.recv_timeout(SWAP_TIMEOUT).map_err(|e| match e {
+            crossbeam::channel::RecvTimeoutError::Timeout => PmdError::Slow {
+                core: self.core,
+                ms: SWAP_TIMEOUT.as_millis(),
+            },
+            crossbeam::channel::RecvTimeoutError::Disconnected => PmdError::Gone(self.core),
+        })
     }
 }
 
@@ -213,6 +229,9 @@ fn run(
                 sleep_us = 1000;
             } else if max_sleep_us > 0 {
                 sleep_us = (sleep_us * 2).clamp(1, max_sleep_us);
+            } else {
+                // Polling again (the sleep above was for an empty poll list).
+                sleep_us = 0;
             }
         }
         if window_iters == TSC_WINDOW || sleep_us > 0 {

@@ -21,6 +21,23 @@ pub fn ports_table(ports: &[PortInfo]) -> String {
         if !p.features.is_empty() {
             let _ = writeln!(s, "     features: {}", p.features.join(" "));
         }
+        if !p.allowed_macs.is_empty() || p.max_macs > 0 {
+            let allowed = if p.allowed_macs.is_empty() {
+                "any".to_string()
+            } else {
+                p.allowed_macs.join(",")
+            };
+            let cap = if p.max_macs > 0 {
+                p.max_macs.to_string()
+            } else {
+                "no cap".to_string()
+            };
+            let _ = writeln!(
+                s,
+                "     port security: source MACs {allowed}; learned {} ({cap})",
+                p.learned_macs
+            );
+        }
         if p.protocol_errors > 0 {
             let _ = writeln!(
                 s,

@@ -4,8 +4,9 @@
 //! bounds-checked, so every `(ptr, len)` in it is a valid range of a live mapping for as long as
 //! the ring (which holds the memory table alive) is locked by the caller.
 
-/// Most segments one descriptor chain may have. Frames without offloads need one or two; Linux
-/// uses at most MAX_SKB_FRAGS + 2 (19). Longer chains are dropped as errors.
+/// Segments of the fixed lists every frame of a burst gets. Frames without offloads need one
+/// or two; Linux uses at most MAX_SKB_FRAGS + 2 (19). A longer chain (the spec allows up to the
+/// queue size) is walked into a PMD's one long list instead (see `datapath`).
 pub const MAX_SEGS: usize = 64;
 
 /// One contiguous piece of guest memory.
@@ -15,27 +16,42 @@ pub struct Seg {
     pub len: u32,
 }
 
-/// A fixed-capacity list of segments (no allocation on the hot path).
+/// A scatter-gather list of fixed capacity, allocated once (no allocation on the hot path).
 pub struct SegList {
-    segs: [Seg; MAX_SEGS],
+    segs: Box<[Seg]>,
     n: usize,
     total: u64,
 }
 
 impl Default for SegList {
     fn default() -> Self {
-        SegList {
-            segs: [Seg {
-                ptr: std::ptr::null_mut(),
-                len: 0,
-            }; MAX_SEGS],
-            n: 0,
-            total: 0,
-        }
+        Self::with_capacity(MAX_SEGS)
     }
 }
 
 impl SegList {
+    /// A list that holds up to `cap` segments.
+    pub fn with_capacity(cap: usize) -> Self {
+        SegList {
+            segs: vec![
+                Seg {
+                    ptr: std::ptr::null_mut(),
+                    len: 0,
+                };
+                cap
+            ]
+            .into_boxed_slice(),
+            n: 0,
+            total: 0,
+        }
+    }
+
+    /// Most segments this list holds.
+    #[inline(always)]
+    pub fn capacity(&self) -> usize {
+        self.segs.len()
+    }
+
     #[inline(always)]
     pub fn clear(&mut self) {
         self.n = 0;
@@ -45,7 +61,7 @@ impl SegList {
     /// Appends a segment; false when the list is full.
     #[inline(always)]
     pub fn push(&mut self, ptr: *mut u8, len: u32) -> bool {
-        if self.n == MAX_SEGS {
+        if self.n == self.segs.len() {
             return false;
         }
         self.segs[self.n] = Seg { ptr, len };

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::datapath::{PmdSnapshot, PortOut, PortRt, QueueRt, RxSource, RxqRt, MAX_PORTS};
+use crate::datapath::{
+    Limits, PmdSnapshot, PortOut, PortRt, PortSecurity, QueueRt, RxSource, RxqRt, MAX_GSO_FRAME,
+    MAX_PORTS,
+};
 use crate::fdb::Fdb;
 use crate::pmd::{PmdError, PmdHandle};
 use crate::stats::{PmdStats, PortStats};
@@ -26,6 +29,19 @@ pub struct SwitchConfig {
     pub mac_aging_secs: u32,
     /// An idle PMD may sleep up to this long between polls (0: pure polling).
     pub pmd_max_sleep_us: u64,
+    /// Datapath limits (longest frame).
+    pub limits: Limits,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            pmd_cores: vec![0],
+            mac_aging_secs: crate::fdb::DEFAULT_AGING_SECS,
+            pmd_max_sleep_us: 0,
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// Errors of control operations, phrased for the person at the CLI.
@@ -53,6 +69,10 @@ pub enum SwitchError {
     Pmd(#[from] PmdError),
     #[error("at least one PMD core is needed")]
     NoPmds,
+    #[error("the longest frame must be between 64 and {MAX_GSO_FRAME} bytes, not {0}")]
+    BadMaxFrame(u32),
+    #[error("{0:?} is not a unicast MAC address (aa:bb:cc:dd:ee:ff)")]
+    BadMac(String),
 }
 
 /// What kind of port, and where it connects.
@@ -96,6 +116,7 @@ struct PortEntry {
     last_protocol_error: String,
     errors_logged: u64,
     runner: Option<PortRunner>,
+    security: PortSecurity,
 }
 
 /// One rx queue's PMD, for `pmd-rxq`.
@@ -131,6 +152,12 @@ pub struct PortInfo {
     pub mem_bytes: u64,
     pub protocol_errors: u64,
     pub last_protocol_error: String,
+    /// Port security: allowed source MACs (empty: any).
+    pub allowed_macs: Vec<String>,
+    /// Port security: most learned MACs (0: no cap).
+    pub max_macs: u32,
+    /// MACs learned on the port now.
+    pub learned_macs: u32,
 }
 
 /// Counters of one port for `stats`.
@@ -166,6 +193,7 @@ pub struct SwitchCore {
     pub fdb: Arc<Fdb>,
     pmds: Vec<PmdHandle>,
     started: Instant,
+    limits: Limits,
 }
 
 impl SwitchCore {
@@ -173,6 +201,9 @@ impl SwitchCore {
     pub fn new(cfg: &SwitchConfig) -> Result<Arc<Self>, SwitchError> {
         if cfg.pmd_cores.is_empty() {
             return Err(SwitchError::NoPmds);
+        }
+        if !(64..=MAX_GSO_FRAME).contains(&cfg.limits.max_frame) {
+            return Err(SwitchError::BadMaxFrame(cfg.limits.max_frame));
         }
         let fdb = Arc::new(Fdb::new(cfg.mac_aging_secs));
         let pmds = cfg
@@ -197,6 +228,7 @@ impl SwitchCore {
             fdb,
             pmds,
             started: Instant::now(),
+            limits: cfg.limits,
         }))
     }
 
@@ -282,6 +314,7 @@ impl SwitchCore {
                 last_protocol_error: String::new(),
                 errors_logged: 0,
                 runner,
+                security: PortSecurity::default(),
             },
         );
         self.republish(&mut st);
@@ -317,6 +350,40 @@ impl SwitchCore {
         for n in names {
             let _ = self.del_port(&n);
         }
+    }
+
+    /// Sets a port's security (allowed source MACs, most learned MACs); takes effect between
+    /// two bursts. MACs the port learned that are no longer allowed are forgotten.
+    pub fn set_port_security(&self, name: &str, security: PortSecurity) -> Result<(), SwitchError> {
+        let mut st = self.lock();
+        let e = st
+            .ports
+            .get_mut(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        if let Some(bad) = security
+            .allowed_macs
+            .iter()
+            .find(|m| crate::fdb::is_group(**m))
+        {
+            return Err(SwitchError::BadMac(crate::fdb::mac_to_string(*bad)));
+        }
+        let id = e.id;
+        let restricts = !security.is_open();
+        e.security = security;
+        self.republish(&mut st);
+        if restricts {
+            self.fdb.flush_port(id);
+        }
+        Ok(())
+    }
+
+    /// A port's security settings.
+    pub fn port_security(&self, name: &str) -> Result<PortSecurity, SwitchError> {
+        self.lock()
+            .ports
+            .get(name)
+            .map(|e| e.security.clone())
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))
     }
 
     /// A session's active rings changed.
@@ -369,7 +436,11 @@ impl SwitchCore {
         let mut ports: Vec<Option<Arc<PortRt>>> = (0..MAX_PORTS).map(|_| None).collect();
         let mut present = 0u64;
         let mut rxqs: Vec<(u8, String, u16, RxSource)> = Vec::new();
+        let mut security: Vec<Option<Arc<PortSecurity>>> = (0..MAX_PORTS).map(|_| None).collect();
         for (name, e) in &st.ports {
+            if !e.security.is_open() {
+                security[e.id as usize] = Some(Arc::new(e.security.clone()));
+            }
             let out = match &e.tap {
                 Some(tap) => {
                     rxqs.push((e.id, name.clone(), 0, RxSource::Tap(tap.clone())));
@@ -418,6 +489,8 @@ impl SwitchCore {
                 ports: ports.clone(),
                 present,
                 rxqs,
+                security: security.clone(),
+                limits: self.limits,
             });
             if let Err(e) = pmd.swap(snap) {
                 tracing::error!("{e}");
@@ -465,6 +538,14 @@ impl SwitchCore {
                     mem_bytes: e.session.mem_bytes,
                     protocol_errors: e.protocol_errors,
                     last_protocol_error: e.last_protocol_error.clone(),
+                    allowed_macs: e
+                        .security
+                        .allowed_macs
+                        .iter()
+                        .map(|m| crate::fdb::mac_to_string(*m))
+                        .collect(),
+                    max_macs: e.security.max_macs,
+                    learned_macs: self.fdb.learned_on(e.id),
                 }
             })
             .collect();
@@ -622,6 +703,21 @@ impl SwitchCore {
             })
             .expect("spawn housekeeping thread")
     }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff,...` (or `any`/empty: no restriction) into unicast MACs.
+pub fn parse_mac_list(s: &str) -> Result<Vec<crate::fdb::Mac>, SwitchError> {
+    let s = s.trim();
+    if s.is_empty() || s == "any" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|m| {
+            crate::fdb::parse_mac(m.trim())
+                .filter(|mac| !crate::fdb::is_group(*mac))
+                .ok_or_else(|| SwitchError::BadMac(m.trim().to_string()))
+        })
+        .collect()
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {

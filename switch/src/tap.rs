@@ -219,7 +219,13 @@ pub fn poll(
         let mut eth = [0u8; 12];
         // SAFETY: `got` >= header + 14 bytes were just written into our slot.
         unsafe { std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12) };
-        p.dest = fwd.classify(port, &eth);
+        p.dest = match fwd.classify(port, &eth) {
+            Ok(dest) => dest,
+            Err(e) => {
+                fwd.note_error(port, e);
+                continue;
+            }
+        };
         union |= p.dest;
         rx_packets += 1;
         rx_bytes += p.len as u64;
@@ -242,7 +248,14 @@ pub fn poll(
 }
 
 /// Writes the frames of `pkts` addressed to `bit` to the TAP.
-pub fn deliver(fwd: &Forwarder<'_>, port: u8, tap: &TapRt, pkts: &[Pkt], bit: u64) {
+pub fn deliver(
+    fwd: &Forwarder<'_>,
+    port: u8,
+    tap: &TapRt,
+    pkts: &[Pkt],
+    bit: u64,
+    bufs: &mut crate::datapath::TxBufs,
+) {
     let mut hdr = [0u8; TAP_HDR_LEN];
     let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
     let mut iov = [libc::iovec {
@@ -252,6 +265,34 @@ pub fn deliver(fwd: &Forwarder<'_>, port: u8, tap: &TapRt, pkts: &[Pkt], bit: u6
     for p in pkts.iter().filter(|p| p.dest & bit != 0) {
         // The kernel completes checksums and segments what we write (num_buffers is unused).
         hdr[..10].copy_from_slice(if p.needs == 0 { &NO_OFFLOADS } else { &p.vnet });
+        if p.segs.segs().len() >= iov.len() {
+            // A chain longer than our iovec (legal, up to the queue size): write it from a
+            // linear copy.
+            let Some(line) = bufs.linear.get_mut(..TAP_HDR_LEN + p.len as usize) else {
+                dropped += 1;
+                continue;
+            };
+            line[..TAP_HDR_LEN].copy_from_slice(&hdr);
+            // SAFETY: validated guest segments, kept mapped by the caller's source ring lock.
+            let ok =
+                unsafe { crate::sg::read(p.segs.segs(), p.off as usize, &mut line[TAP_HDR_LEN..]) };
+            // SAFETY: `line` is our own buffer; write only reads it.
+            let r = ok.then(|| unsafe {
+                libc::write(
+                    tap.file.as_raw_fd(),
+                    line.as_ptr() as *const libc::c_void,
+                    line.len(),
+                )
+            });
+            match r {
+                Some(r) if r >= 0 => {
+                    sent += 1;
+                    bytes += p.len as u64;
+                }
+                _ => dropped += 1,
+            }
+            continue;
+        }
         iov[0] = libc::iovec {
             iov_base: hdr.as_ptr() as *mut libc::c_void,
             iov_len: TAP_HDR_LEN,

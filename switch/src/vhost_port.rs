@@ -239,14 +239,30 @@ impl VhostPortBackend {
                 continue;
             };
             let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
-            match DeviceRing::new(mem, addrs, v.size, v.base, event_idx, call) {
+            // The switch writes used rings: one laid over another ring of this port would let
+            // the guest aim our writes at what it gives us.
+            let size = v.size;
+            let clash = self.vrings.iter().enumerate().find(|(j, o)| {
+                *j != i
+                    && o.active.is_some()
+                    && o.addrs.is_some_and(|oa| addrs.overlaps(size, &oa, o.size))
+            });
+            if let Some((j, _)) = clash {
+                self.core.note_protocol_error(
+                    self.uid,
+                    &format!("vring {i}: its areas overlap those of vring {j}; not started"),
+                );
+                continue;
+            }
+            let v = &mut self.vrings[i];
+            match DeviceRing::new(mem, addrs, v.size, v.base, event_idx) {
                 Ok(ring) => {
                     tracing::debug!(
                         "vring {i}: started (size {}, base {})",
                         v.size,
                         ring.last_avail()
                     );
-                    v.active = Some(Arc::new(QueueRt::new(ring).with_offloads(offloads)));
+                    v.active = Some(Arc::new(QueueRt::new(ring, call).with_offloads(offloads)));
                     started = true;
                 }
                 Err(e) => self
@@ -431,6 +447,19 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        self.vring(index as u32)?;
+        let fd = match fd.map(nonblocking_eventfd).transpose() {
+            Ok(fd) => fd,
+            Err(e) => {
+                // The ring runs without interrupts (the frontend must poll) rather than with an
+                // fd whose write could block a PMD.
+                let v = self.vring(index as u32)?;
+                v.call = None;
+                v.dirty = true;
+                self.apply();
+                return Err(req_err(format!("vring {index}: call fd refused: {e}")));
+            }
+        };
         let v = self.vring(index as u32)?;
         v.call = fd;
         v.dirty = true;
@@ -559,6 +588,28 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
         Err(VuError::InvalidOperation("dirty logging is not supported"))
     }
+}
+
+/// Checks that a call fd is an eventfd and makes it non-blocking: a PMD's interrupt write must
+/// never wait (an eventfd at its maximum count answers EAGAIN: an interrupt is pending anyway).
+/// A pipe, socket or file could block, so it is refused.
+fn nonblocking_eventfd(file: File) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(io::Error::other(format!(
+            "it is {}, not an eventfd",
+            link.display()
+        )));
+    }
+    // SAFETY: fcntl on an fd we own; F_GETFL/F_SETFL take and return plain flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Errors a message can cause that end the session (the stream is gone or out of sync).

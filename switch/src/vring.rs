@@ -10,8 +10,6 @@
 //! built, every descriptor (and indirect table) each time it is walked. A bad chain is an error
 //! for that frame only.
 
-use std::fs::File;
-use std::io::Write;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
@@ -50,6 +48,40 @@ pub struct RingAddrs {
     pub used: u64,
 }
 
+impl RingAddrs {
+    /// The three areas of a ring of `size` entries as (name, start, length): descriptor table,
+    /// avail ring (with used_event) and used ring (with avail_event).
+    pub fn areas(&self, size: u32) -> [(&'static str, u64, u64); 3] {
+        let n = size as u64;
+        [
+            ("descriptor", self.desc, 16 * n),
+            ("avail", self.avail, 6 + 2 * n),
+            ("used", self.used, 6 + 8 * n),
+        ]
+    }
+
+    /// True when any area of this ring overlaps any area of `other` (or, with `other` the same
+    /// ring, when two of its own areas overlap). The switch writes the used ring: a used ring
+    /// laid over another area would let it corrupt what the guest gave it.
+    pub fn overlaps(&self, size: u32, other: &RingAddrs, other_size: u32) -> bool {
+        let same = std::ptr::eq(self, other);
+        let mine = self.areas(size);
+        let theirs = other.areas(other_size);
+        for (i, (_, a, al)) in mine.iter().enumerate() {
+            for (j, (_, b, bl)) in theirs.iter().enumerate() {
+                if same && i == j {
+                    continue;
+                }
+                let (a_end, b_end) = (a.saturating_add(*al), b.saturating_add(*bl));
+                if *a < b_end && *b < a_end {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
 /// Why a ring could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -63,13 +95,16 @@ pub enum RingError {
         addr: u64,
         len: u64,
     },
-    /// A ring area is misaligned.
+    /// A ring area is misaligned (as the frontend gave it, or where it lands in our mapping).
     #[error("the {area} ring at {addr:#x} is not {align}-byte aligned")]
     Misaligned {
         area: &'static str,
         addr: u64,
         align: u64,
     },
+    /// Two areas of the ring overlap.
+    #[error("the descriptor, avail and used areas of the ring overlap")]
+    SelfOverlap,
 }
 
 /// Why a frame from a guest (or a TAP) was refused. Each is counted per port and per reason
@@ -105,13 +140,11 @@ pub enum ChainError {
     SpoofedSource,
     #[error("source MAC not learned: the port reached its maximum of learned MACs")]
     MacLimit,
-    #[error("the ring is broken and no longer polled until the frontend resets it")]
-    RingBroken,
 }
 
 impl ChainError {
     /// Every reason, in discriminant order (the index into per-reason counters).
-    pub const ALL: [ChainError; 15] = [
+    pub const ALL: [ChainError; 14] = [
         ChainError::BadIndex,
         ChainError::BadAddress,
         ChainError::Loop,
@@ -126,7 +159,6 @@ impl ChainError {
         ChainError::TooLong,
         ChainError::SpoofedSource,
         ChainError::MacLimit,
-        ChainError::RingBroken,
     ];
     /// Number of reasons.
     pub const COUNT: usize = Self::ALL.len();
@@ -148,7 +180,6 @@ impl ChainError {
             ChainError::TooLong => "too_long",
             ChainError::SpoofedSource => "spoofed_source",
             ChainError::MacLimit => "mac_limit",
-            ChainError::RingBroken => "ring_broken",
         }
     }
 
@@ -195,7 +226,6 @@ pub struct DeviceRing {
     used_shadow: u16,
     used_published: u16,
     event_idx: bool,
-    call: Option<File>,
 }
 
 // SAFETY: the raw pointers point into `mem`, which this ring keeps alive; the ring is used by one
@@ -211,18 +241,28 @@ impl DeviceRing {
         size: u32,
         base: u16,
         event_idx: bool,
-        call: Option<File>,
     ) -> Result<Self, RingError> {
         if size == 0 || size > MAX_QUEUE_SIZE as u32 || !size.is_power_of_two() {
             return Err(RingError::BadSize(size));
+        }
+        if addrs.overlaps(size, &addrs, size) {
+            return Err(RingError::SelfOverlap);
         }
         let n = size as u64;
         let area = |area: &'static str, addr: u64, len: u64, align: u64| {
             if !addr.is_multiple_of(align) {
                 return Err(RingError::Misaligned { area, addr, align });
             }
-            mem.translate_va(addr, len)
-                .ok_or(RingError::OutsideMemory { area, addr, len })
+            let host = mem
+                .translate_va(addr, len)
+                .ok_or(RingError::OutsideMemory { area, addr, len })?;
+            // The frontend's address being aligned says nothing about where it lands in our
+            // mapping (a region's mmap_offset is the frontend's choice): check the pointer we
+            // will dereference.
+            if !(host as u64).is_multiple_of(align) {
+                return Err(RingError::Misaligned { area, addr, align });
+            }
+            Ok(host)
         };
         let desc = area("descriptor", addrs.desc, 16 * n, 16)?;
         let avail = area("avail", addrs.avail, 6 + 2 * n, 2)?;
@@ -248,7 +288,6 @@ impl DeviceRing {
                 used_shadow: 0,
                 used_published: 0,
                 event_idx,
-                call,
                 mem,
             }
         };
@@ -283,7 +322,13 @@ impl DeviceRing {
         unsafe { &*self.used_idx }
     }
 
+    /// The memory table this ring lives in.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
     /// Queue size.
+    #[inline(always)]
     pub fn size(&self) -> u16 {
         self.size
     }
@@ -356,12 +401,17 @@ impl DeviceRing {
 
     /// Walks the chain starting at `head` into `segs`. `device_writes` is true for rx buffers
     /// (every descriptor must be device-writable) and false for tx (every one device-readable).
+    /// A chain whose buffers add up to more than `max_len` bytes is refused as soon as that is
+    /// known (so a hostile chain costs at most `max_len` bytes of walking, never its claim); a
+    /// chain with more segments than `segs` holds is refused with `TooManySegments`, which the
+    /// caller may retry with a longer list (chains may be as long as the queue).
     #[inline(always)]
     pub fn walk(
         &self,
         head: u16,
         device_writes: bool,
         segs: &mut SegList,
+        max_len: u64,
     ) -> Result<u64, ChainError> {
         segs.clear();
         if head >= self.size {
@@ -378,15 +428,22 @@ impl DeviceRing {
                 return Err(ChainError::Loop);
             }
             // SAFETY: idx < table_len, and `table` is either the checked descriptor area
-            // (size entries) or an indirect table translated with its full length below.
-            let d = unsafe { std::ptr::read_volatile(table.add(idx as usize)) };
+            // (size entries, 16-byte aligned host pointer) or an indirect table translated with
+            // its full length below (any alignment: read unaligned).
+            let d = unsafe {
+                if indirect {
+                    std::ptr::read_unaligned(table.add(idx as usize))
+                } else {
+                    std::ptr::read_volatile(table.add(idx as usize))
+                }
+            };
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
                 // An indirect descriptor must be the only one in the main chain, and tables
                 // do not nest.
                 if indirect || !segs.segs().is_empty() || d.flags & VRING_DESC_F_NEXT != 0 {
                     return Err(ChainError::BadIndirect);
                 }
-                if d.len == 0 || d.len % 16 != 0 || d.addr % 16 != 0 {
+                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > MAX_QUEUE_SIZE as u32 {
                     return Err(ChainError::BadIndirect);
                 }
                 let ptr = self
@@ -405,6 +462,9 @@ impl DeviceRing {
             }
             if (d.flags & VRING_DESC_F_WRITE != 0) != device_writes {
                 return Err(ChainError::WrongDirection);
+            }
+            if segs.total() + d.len as u64 > max_len {
+                return Err(ChainError::TooLong);
             }
             let ptr = self
                 .mem
@@ -448,8 +508,9 @@ impl DeviceRing {
         self.used_shadow = self.used_shadow.wrapping_sub(used);
     }
 
-    /// Publishes the shadow used elements with one release store, then interrupts the driver if
-    /// it asked for it. Returns whether it interrupted.
+    /// Publishes the shadow used elements with one release store and decides whether the
+    /// driver asked to be interrupted. The caller sends the interrupt after letting go of the
+    /// ring (see `QueueRt::notify`): a write to a frontend's fd never happens under a lock.
     #[inline(always)]
     pub fn publish(&mut self) -> bool {
         let old = self.used_published;
@@ -461,22 +522,14 @@ impl DeviceRing {
         self.used_published = new;
         // The driver's flags/used_event must be read after our index store is visible.
         fence(Ordering::SeqCst);
-        let notify = if self.event_idx {
+        if self.event_idx {
             // SAFETY: inside the checked avail area, aligned.
             let used_event = unsafe { &*self.used_event }.load(Ordering::Relaxed);
             new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
             // SAFETY: inside the checked avail area, aligned.
             unsafe { &*self.avail_flags }.load(Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0
-        };
-        if notify {
-            if let Some(call) = self.call.as_mut() {
-                // An eventfd write cannot block for long (the counter would have to reach
-                // 2^64-1); a failure means the frontend closed it, which it may.
-                let _ = call.write(&1u64.to_ne_bytes());
-            }
         }
-        notify
     }
 }
 
@@ -537,7 +590,6 @@ pub(crate) mod tests {
                 self.size as u32,
                 0,
                 event_idx,
-                None,
             )
             .unwrap()
         }
@@ -592,7 +644,7 @@ pub(crate) mod tests {
         g.set_desc(1, BUFS + 100, 60, 0, 0);
         g.post(0);
         let mut segs = SegList::default();
-        assert_eq!(ring.walk(0, false, &mut segs), Ok(70));
+        assert_eq!(ring.walk(0, false, &mut segs, u64::MAX), Ok(70));
         assert_eq!(segs.segs().len(), 2);
         // Indirect table of two entries at BUFS + 0x1000.
         g.write(
@@ -614,9 +666,9 @@ pub(crate) mod tests {
             },
         );
         g.set_desc(2, BUFS + 0x1000, 32, VRING_DESC_F_INDIRECT, 0);
-        assert_eq!(ring.walk(2, true, &mut segs), Ok(1512));
+        assert_eq!(ring.walk(2, true, &mut segs, u64::MAX), Ok(1512));
         assert_eq!(
-            ring.walk(2, false, &mut segs),
+            ring.walk(2, false, &mut segs, u64::MAX),
             Err(ChainError::WrongDirection)
         );
     }
@@ -627,22 +679,40 @@ pub(crate) mod tests {
         let ring = g.ring(false);
         let mut segs = SegList::default();
         g.set_desc(0, MEM as u64 - 4, 8, 0, 0);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::BadAddress));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::BadAddress)
+        );
         g.set_desc(0, u64::MAX - 2, 8, 0, 0);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::BadAddress));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::BadAddress)
+        );
         g.set_desc(0, BUFS, 0, 0, 0);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::ZeroLength));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::ZeroLength)
+        );
         g.set_desc(0, BUFS, 8, VRING_DESC_F_WRITE, 0);
         assert_eq!(
-            ring.walk(0, false, &mut segs),
+            ring.walk(0, false, &mut segs, u64::MAX),
             Err(ChainError::WrongDirection)
         );
         g.set_desc(0, BUFS, 8, VRING_DESC_F_NEXT, 1);
         g.set_desc(1, BUFS, 8, VRING_DESC_F_NEXT, 0);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::Loop));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::Loop)
+        );
         g.set_desc(0, BUFS, 8, VRING_DESC_F_NEXT, 9);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::BadIndex));
-        assert_eq!(ring.walk(8, false, &mut segs), Err(ChainError::BadIndex));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::BadIndex)
+        );
+        assert_eq!(
+            ring.walk(8, false, &mut segs, u64::MAX),
+            Err(ChainError::BadIndex)
+        );
         // Indirect table pointing at itself through NEXT: loops inside the table.
         g.write(
             BUFS + 0x1000,
@@ -654,7 +724,10 @@ pub(crate) mod tests {
             },
         );
         g.set_desc(0, BUFS + 0x1000, 16, VRING_DESC_F_INDIRECT, 0);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::Loop));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::Loop)
+        );
         // Nested indirect.
         g.write(
             BUFS + 0x1000,
@@ -665,9 +738,15 @@ pub(crate) mod tests {
                 next: 0,
             },
         );
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::BadIndirect));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::BadIndirect)
+        );
         g.set_desc(0, BUFS + 0x1000, 15, VRING_DESC_F_INDIRECT, 0);
-        assert_eq!(ring.walk(0, false, &mut segs), Err(ChainError::BadIndirect));
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::BadIndirect)
+        );
     }
 
     #[test]
@@ -708,11 +787,11 @@ pub(crate) mod tests {
             ..TestGuest::addrs()
         };
         assert!(matches!(
-            DeviceRing::new(g.mem.clone(), bad, 8, 0, false, None),
+            DeviceRing::new(g.mem.clone(), bad, 8, 0, false),
             Err(RingError::OutsideMemory { area: "used", .. })
         ));
         assert!(matches!(
-            DeviceRing::new(g.mem.clone(), TestGuest::addrs(), 6, 0, false, None),
+            DeviceRing::new(g.mem.clone(), TestGuest::addrs(), 6, 0, false),
             Err(RingError::BadSize(6))
         ));
     }

@@ -56,7 +56,8 @@ fn side(name: &str) -> Side {
                 used: q.used_addr,
             };
             Arc::new(QueueRt::new(
-                DeviceRing::new(mem.clone(), addrs, q.size as u32, 0, false, None).unwrap(),
+                DeviceRing::new(mem.clone(), addrs, q.size as u32, 0, false).unwrap(),
+                None,
             ))
         })
         .collect();
@@ -119,6 +120,7 @@ fn main() {
                 },
             },
         ],
+        ..PmdSnapshot::empty()
     };
     let fdb = Fdb::default();
     let counters = PmdCounters::default();

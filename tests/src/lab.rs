@@ -43,6 +43,7 @@ impl Lab {
             mac_aging_secs: 300,
             // Tests share two cores with each other: let idle PMDs sleep a little.
             pmd_max_sleep_us: 200,
+            ..Default::default()
         })
         .unwrap();
         let lab = Lab { core, scratch };

@@ -310,25 +310,7 @@ fn hostile_descriptors_are_dropped_counted_and_harm_no_one_else() {
         ),
     ];
     let n_cases = cases.len() as u64;
-    let mut long = Vec::new();
-    for i in 0..100u16 {
-        long.push(RawDesc {
-            addr: ok_gpa,
-            len: 1,
-            flags: F_NEXT,
-            next: i + 1,
-        });
-    }
-    long.push(RawDesc {
-        addr: ok_gpa,
-        len,
-        flags: 0,
-        next: 0,
-    });
-    for (what, chain) in cases.iter().chain(std::iter::once(&(
-        "chain longer than the segment limit",
-        long,
-    ))) {
+    for (what, chain) in cases.iter() {
         evil.post_raw_tx_chain(chain)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         // The others keep talking, in both directions.
@@ -349,10 +331,10 @@ fn hostile_descriptors_are_dropped_counted_and_harm_no_one_else() {
     }
     assert!(
         switchyard_tests::wait_until(Duration::from_secs(5), || lab.stats("evil").stats.errors
-            == n_cases + 1),
+            == n_cases),
         "errors counted: {} of {}",
         lab.stats("evil").stats.errors,
-        n_cases + 1
+        n_cases
     );
     assert_eq!(lab.stats("b").stats.errors, 0);
     assert_eq!(lab.stats("c").stats.errors, 0);
@@ -360,7 +342,7 @@ fn hostile_descriptors_are_dropped_counted_and_harm_no_one_else() {
     // from the same guest still goes through.
     assert!(switchyard_tests::wait_until(Duration::from_secs(5), || {
         evil.reclaim_tx();
-        evil.stats().raw_completed == n_cases + 1
+        evil.stats().raw_completed == n_cases
     }));
     send_all(&mut evil, std::slice::from_ref(&good));
     assert_eq!(

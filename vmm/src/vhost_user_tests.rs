@@ -175,6 +175,7 @@ fn frames_cross_the_switch_and_rings_survive_a_switch_restart() {
         pmd_cores: vec![cores - 1],
         mac_aging_secs: 300,
         pmd_max_sleep_us: 100,
+        ..Default::default()
     })
     .unwrap();
     let sock = |p: &str| dir.join(format!("{p}.sock"));
