@@ -361,7 +361,7 @@ impl Forwarder<'_> {
                 {
                     p.off = hdr_len as u32;
                     p.len = (total - hdr_len as u64) as u32;
-                    if src_offloads && !self.read_offloads(port, p) {
+                    if src_offloads && !self.read_offloads(port, queue.offloads(), p) {
                         continue;
                     }
                     if let Some(first) = p.segs.segs().first() {
