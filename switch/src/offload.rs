@@ -52,9 +52,11 @@ pub const MAX_OFFLOAD_FRAME: usize = 18 + 0xffff;
 /// Smallest GSO segment size accepted: Linux's TCP never sends smaller segments
 /// (`net.ipv4.tcp_min_snd_mss`).
 pub const MIN_GSO_SIZE: usize = 48;
-/// Most segments one GSO frame may stand for (a quarter of a 256-entry rx ring; a full 64 KiB
-/// frame needs a segment size of at least 1024).
-pub const MAX_GSO_SEGS: usize = 64;
+/// Most segments one GSO frame may stand for: Linux's own bound for UDP segmentation
+/// (`UDP_MAX_SEGMENTS`), half a 256-entry rx ring. A full 64 KiB frame needs a segment size of
+/// at least 512, so TCP with the classic 536-byte MSS (sent by a guest, or merged by the host's
+/// GRO and read from a TAP) still passes.
+pub const MAX_GSO_SEGS: usize = 128;
 
 /// Where the checksum field lies in a TCP and in a UDP header (`csum_offset`).
 const CSUM_OFF_TCP: usize = 16;

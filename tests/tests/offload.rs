@@ -446,10 +446,10 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
             false,
             ChainError::BadOffload,
         ),
-        // (a') 64 KiB in 536-byte segments: 122 frames, more than 64.
+        // (a') 64 KiB in 256-byte segments: 254 frames, more than 128.
         (
             &big,
-            vnet(NEEDS_CSUM, GSO_TCPV4, 536, L4 as u16, 16),
+            vnet(NEEDS_CSUM, GSO_TCPV4, 256, L4 as u16, 16),
             false,
             ChainError::BadOffload,
         ),
