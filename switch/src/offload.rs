@@ -81,7 +81,7 @@ pub enum OffloadError {
     GsoSizeTooSmall,
     #[error("GSO frame would become more than {MAX_GSO_SEGS} segments")]
     TooManyGsoSegments,
-    #[error("virtio-net header's hdr_len is past the frame or short of the TCP header")]
+    #[error("virtio-net header's hdr_len is past the end of the frame")]
     BadHdrLen,
     #[error("frame with offloads is longer than {MAX_OFFLOAD_FRAME} bytes")]
     TooLong,
@@ -181,12 +181,12 @@ fn parse_tcp(b: &[u8], len: usize, gso: u8) -> Result<TcpLayout, OffloadError> {
 /// NEEDS_CSUM with `csum_start` past the Ethernet header, `csum_offset` at a TCP (16) or UDP
 /// (6) checksum and the field inside the frame; GSO TCPv4/TCPv6 (ECN only from a source that
 /// negotiated it) with NEEDS_CSUM at the TCP checksum of a frame that is Ethernet (+ VLAN) +
-/// IPv4/IPv6 + TCP as declared, no longer than [`MAX_OFFLOAD_FRAME`], `hdr_len` 0 or from the
-/// end of the TCP header to the end of the frame, `gso_size` at least [`MIN_GSO_SIZE`] and at
-/// most [`MAX_GSO_SEGS`] segments. DATA_VALID is receive-only: it is cleared (a TAP sets it on
-/// frames the host verified, which are not refused for it; no destination is told a checksum
-/// was verified by someone else). The returned header keeps only what was checked: no GSO
-/// fields without GSO.
+/// IPv4/IPv6 + TCP as declared, no longer than [`MAX_OFFLOAD_FRAME`], `hdr_len` not past the
+/// frame, `gso_size` at least [`MIN_GSO_SIZE`] and at most [`MAX_GSO_SEGS`] segments.
+/// DATA_VALID is receive-only: it is cleared (a TAP sets it on frames the host verified, which
+/// are not refused for it; no destination is told a checksum was verified by someone else).
+/// The returned header keeps only what was checked: no GSO fields without GSO, and for GSO the
+/// exact length of the headers (through the TCP header) as `hdr_len`, not the source's.
 pub fn validate(
     h: &VnetHdr,
     src: u8,
@@ -244,8 +244,11 @@ pub fn validate(
     if start != t.l4 || coff != CSUM_OFF_TCP {
         return Err(OffloadError::BadCsum);
     }
-    let hdr_len = le16(h, 2) as usize;
-    if hdr_len > len || (hdr_len != 0 && hdr_len < t.hl) {
+    // hdr_len is a hint ("how much should be linear", Linux says): its TAP sets it to the
+    // skb's linear length, which leaves out a VLAN tag the TAP inserts, so a short one is not
+    // refused. One past the frame is (the kernel refuses it too); destinations get the exact
+    // length of the headers instead of either.
+    if le16(h, 2) as usize > len {
         return Err(OffloadError::BadHdrLen);
     }
     let mss = le16(h, 4) as usize;
@@ -256,7 +259,8 @@ pub fn validate(
         return Err(OffloadError::TooManyGsoSegments);
     }
     out[1] = gso;
-    out[2..6].copy_from_slice(&h[2..6]);
+    out[2..4].copy_from_slice(&(t.hl as u16).to_le_bytes());
+    out[4..6].copy_from_slice(&h[4..6]);
     Ok((needs, out))
 }
 

@@ -438,7 +438,9 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
     let small = tcp4(100);
     let v6 = tcp6(5000);
     // (frame, header, port that sends it, reason it is refused)
-    let attacks: [(&[u8], [u8; 12], bool, ChainError); 6] = [
+    let mut past = vnet(NEEDS_CSUM, GSO_TCPV4, mss, L4 as u16, 16);
+    past[2..4].copy_from_slice(&(mid.len() as u16 + 1).to_le_bytes());
+    let attacks: [(&[u8], [u8; 12], bool, ChainError); 7] = [
         // (a) 64 KiB in 1-byte segments (65 000 frames per destination before).
         (
             &big,
@@ -481,6 +483,8 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
             false,
             ChainError::BadOffload,
         ),
+        // (f) hdr_len past the frame.
+        (&mid, past, false, ChainError::BadOffload),
     ];
     const ROUNDS: u64 = 20;
     let before = stream.delivered();
@@ -507,8 +511,8 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
     let during = stream.delivered() - before;
     // Every refusal was counted under its reason and nothing else.
     let st = lab.stats("attacker").stats;
-    assert_eq!(st.error_count(ChainError::BadOffload), 5 * ROUNDS, "{st:?}");
-    assert_eq!(st.errors, 5 * ROUNDS, "{st:?}");
+    assert_eq!(st.error_count(ChainError::BadOffload), 6 * ROUNDS, "{st:?}");
+    assert_eq!(st.errors, 6 * ROUNDS, "{st:?}");
     let st = lab.stats("csum-only").stats;
     assert_eq!(
         st.error_count(ChainError::OffloadNotNegotiated),
@@ -534,14 +538,16 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
         "the other ports exchanged nothing during the attack"
     );
 
-    // Both attackers still forward valid frames: a GSO frame and a partial checksum.
+    // Both attackers still forward valid frames: a GSO frame (whose hdr_len hint, short here,
+    // reaches the TSO guest as the exact header length) and a partial checksum.
     let f = tcp4(30_000);
-    send_raw(
-        &mut attacker,
-        &vnet(NEEDS_CSUM, GSO_TCPV4, mss, L4 as u16, 16),
-        &f,
-    );
-    assert_eq!(collect(&mut tso, 1).len(), 1);
+    let mut h = vnet(NEEDS_CSUM, GSO_TCPV4, mss, L4 as u16, 16);
+    h[2..4].copy_from_slice(&20u16.to_le_bytes());
+    send_raw(&mut attacker, &h, &f);
+    let got = collect(&mut tso, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0[2..4], (HL as u16).to_le_bytes(), "hdr_len");
+    assert_eq!(got[0].1, f);
     assert_complete_segments(
         &collect(&mut plain, 30_000usize.div_ceil(mss as usize)),
         &f,
