@@ -450,7 +450,7 @@ impl Forwarder<'_> {
         p: &mut Pkt,
         head: u16,
         hdr_len: usize,
-        src_offloads: bool,
+        src_offloads: u8,
         max_walk: u64,
     ) -> Result<(), ChainError> {
         p.head = head;
@@ -472,7 +472,7 @@ impl Forwarder<'_> {
         p.off = hdr_len as u32;
         // `max_walk` is below 4 GiB: the length fits.
         p.len = (total - hdr_len as u64) as u32;
-        if src_offloads && !self.read_offloads(port, p) {
+        if src_offloads != 0 && !self.read_offloads(port, src_offloads, p) {
             return Err(ChainError::BadOffload);
         }
         if p.len > self.snap.limits.max_frame
@@ -507,7 +507,7 @@ impl Forwarder<'_> {
             }
         };
         let mut n = ready.min(BURST);
-        let src_offloads = queue.offloads() != 0;
+        let src_offloads = queue.offloads();
         // The walk stops as soon as a chain claims more than the longest frame we take.
         let longest = if queue.offloads() & (offload::OFL_TSO4 | offload::OFL_TSO6) != 0 {
             self.snap.limits.max_frame.max(MAX_GSO_FRAME)

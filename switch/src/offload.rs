@@ -7,6 +7,12 @@
 //! cut into `gso_size`-byte segments. A destination that negotiated the matching GUEST_* feature
 //! gets the frame and the header fields as they are; any other destination gets complete frames
 //! built here. Ordinary frames never come here: everything below is cold.
+//!
+//! Nothing a guest writes in the header is trusted: [`validate`] checks it against what the
+//! source negotiated and against the frame before anything is forwarded, and refuses what is
+//! malformed, not negotiated or would make a PMD (or a destination's kernel) do more than about
+//! 64 KiB of work or emit more than [`MAX_GSO_SEGS`] frames per destination. The fallback
+//! bounds its own work the same way, whatever reaches it.
 
 use crate::datapath::{enqueue, EnqueueError, Forwarder, Pkt, TxBufs, NO_OFFLOADS};
 use crate::sg::{Seg, SegList};
@@ -20,7 +26,11 @@ pub const F_DATA_VALID: u8 = 2;
 /// GSO types.
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
+/// UDP fragmentation (HOST_UFO): known to virtio, offered by no port.
+pub const GSO_UDP: u8 = 3;
 pub const GSO_TCPV6: u8 = 4;
+/// UDP segmentation (HOST_USO): known to virtio, offered by no port.
+pub const GSO_UDP_L4: u8 = 5;
 pub const GSO_ECN: u8 = 0x80;
 
 /// What a frame needs from its destination, and what a destination accepts (bit sets).
@@ -35,19 +45,60 @@ pub const OFL_ALL: u8 = OFL_CSUM | OFL_TSO4 | OFL_TSO6 | OFL_ECN;
 /// Headers (Ethernet + VLAN + IP + TCP with options) the segmenter handles.
 pub const MAX_HDR: usize = 192;
 
+/// Longest frame that may carry offloads: Ethernet, one VLAN tag and the largest IP packet (IP
+/// lengths are 16 bits). Nothing longer is checksummed or segmented, so one frame costs at most
+/// about 64 KiB of checksum and copy per destination.
+pub const MAX_OFFLOAD_FRAME: usize = 18 + 0xffff;
+/// Smallest GSO segment size accepted: Linux's TCP never sends smaller segments
+/// (`net.ipv4.tcp_min_snd_mss`).
+pub const MIN_GSO_SIZE: usize = 48;
+/// Most segments one GSO frame may stand for: Linux's own bound for UDP segmentation
+/// (`UDP_MAX_SEGMENTS`), half a 256-entry rx ring. A full 64 KiB frame needs a segment size of
+/// at least 512, so TCP with the classic 536-byte MSS (sent by a guest, or merged by the host's
+/// GRO and read from a TAP) still passes.
+pub const MAX_GSO_SEGS: usize = 128;
+
+/// Where the checksum field lies in a TCP and in a UDP header (`csum_offset`).
+const CSUM_OFF_TCP: usize = 16;
+const CSUM_OFF_UDP: usize = 6;
+
 /// Why a frame's offload request was refused (the frame is dropped and counted as an error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OffloadError {
+    #[error("virtio-net header asks for an offload its source did not negotiate")]
+    NotNegotiated,
+    #[error("virtio-net header has flags other than NEEDS_CSUM")]
+    BadFlags,
     #[error("virtio-net header has an unknown GSO type")]
     BadGsoType,
-    #[error("virtio-net header asks for a checksum outside the frame")]
+    #[error(
+        "virtio-net header asks for a checksum outside the frame or not at a TCP/UDP checksum"
+    )]
     BadCsum,
-    #[error("virtio-net header asks for GSO with a zero segment size")]
-    ZeroGsoSize,
+    #[error("virtio-net header asks for GSO without NEEDS_CSUM")]
+    GsoWithoutCsum,
+    #[error("virtio-net header asks for GSO with a segment size below {MIN_GSO_SIZE} bytes")]
+    GsoSizeTooSmall,
+    #[error("GSO frame would become more than {MAX_GSO_SEGS} segments")]
+    TooManyGsoSegments,
+    #[error("virtio-net header's hdr_len is past the end of the frame")]
+    BadHdrLen,
+    #[error("frame with offloads is longer than {MAX_OFFLOAD_FRAME} bytes")]
+    TooLong,
     #[error("GSO frame is not Ethernet + IPv4/IPv6 + TCP as its header declares")]
     BadGsoFrame,
     #[error("frame needs more scatter-gather segments than a chain may have")]
     TooManySegments,
+}
+
+impl OffloadError {
+    /// The per-port error counter the refusal is counted under.
+    pub fn reason(self) -> ChainError {
+        match self {
+            OffloadError::NotNegotiated => ChainError::OffloadNotNegotiated,
+            _ => ChainError::BadOffload,
+        }
+    }
 }
 
 /// The offload fields of a virtio-net header (its first 10 bytes, as on the wire).
@@ -58,36 +109,159 @@ fn le16(h: &VnetHdr, at: usize) -> u16 {
     u16::from_le_bytes([h[at], h[at + 1]])
 }
 
-/// Reads what a frame of `len` bytes with header `h` needs (0: an ordinary frame).
-#[inline]
-pub fn classify(h: &VnetHdr, len: u32) -> Result<u8, OffloadError> {
-    let (flags, gso) = (h[0], h[1]);
-    if flags & F_NEEDS_CSUM == 0 && gso == GSO_NONE {
-        return Ok(0);
+/// Where the headers of a TCP frame lie.
+struct TcpLayout {
+    /// IP header offset (after Ethernet and at most one VLAN tag).
+    l3: usize,
+    /// TCP header offset.
+    l4: usize,
+    /// Length of all headers (Ethernet through TCP options).
+    hl: usize,
+    v4: bool,
+}
+
+/// Parses the headers of a frame of `len` bytes whose first bytes are `b` (at least
+/// `min(len, MAX_HDR)`) as Ethernet (+ one VLAN tag) + IPv4 (`GSO_TCPV4`) or IPv6 (`GSO_TCPV6`,
+/// no extension headers) + TCP.
+fn parse_tcp(b: &[u8], len: usize, gso: u8) -> Result<TcpLayout, OffloadError> {
+    let bad = Err(OffloadError::BadGsoFrame);
+    let have = b.len().min(len);
+    let b = &b[..have];
+    if have < 14 {
+        return bad;
+    }
+    let mut l3 = 14;
+    let mut ethertype = u16::from_be_bytes([b[12], b[13]]);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        if have < 18 {
+            return bad;
+        }
+        ethertype = u16::from_be_bytes([b[16], b[17]]);
+        l3 = 18;
+    }
+    // IP length fields are 16 bits: a larger "GSO frame" is not one (and would only make us
+    // work for a hostile guest).
+    if len - l3 > 0xffff {
+        return bad;
+    }
+    let v4 = gso & !GSO_ECN == GSO_TCPV4;
+    let l4 = if v4 {
+        if ethertype != 0x0800 || have < l3 + 20 || b[l3] >> 4 != 4 || b[l3 + 9] != 6 {
+            return bad;
+        }
+        let ihl = (b[l3] & 0x0f) as usize * 4;
+        if ihl < 20 {
+            return bad;
+        }
+        l3 + ihl
+    } else {
+        if ethertype != 0x86dd || have < l3 + 40 || b[l3] >> 4 != 6 || b[l3 + 6] != 6 {
+            return bad;
+        }
+        l3 + 40
+    };
+    if have < l4 + 20 {
+        return bad;
+    }
+    let doff = (b[l4 + 12] >> 4) as usize * 4;
+    let hl = l4 + doff;
+    if doff < 20 || hl > have {
+        return bad;
+    }
+    Ok(TcpLayout { l3, l4, hl, v4 })
+}
+
+/// Checks the virtio-net header `h` of a frame of `len` bytes against the offloads its source
+/// negotiated (`src`, `OFL_*`) and against the frame, whose first `min(len, MAX_HDR)` bytes
+/// `head` copies into the buffer it is given (called for GSO frames only; false when it
+/// cannot). Returns what the frame needs from its destinations (0: an ordinary frame) and the
+/// header to hand to destinations that take the offloads as they are.
+///
+/// Accepted: no flags and no GSO (an ordinary frame, whatever the other fields hold);
+/// NEEDS_CSUM with `csum_start` past the Ethernet header, `csum_offset` at a TCP (16) or UDP
+/// (6) checksum and the field inside the frame; GSO TCPv4/TCPv6 (ECN only from a source that
+/// negotiated it) with NEEDS_CSUM at the TCP checksum of a frame that is Ethernet (+ VLAN) +
+/// IPv4/IPv6 + TCP as declared, no longer than [`MAX_OFFLOAD_FRAME`], `hdr_len` not past the
+/// frame, `gso_size` at least [`MIN_GSO_SIZE`] and at most [`MAX_GSO_SEGS`] segments.
+/// DATA_VALID is receive-only: it is cleared (a TAP sets it on frames the host verified, which
+/// are not refused for it; no destination is told a checksum was verified by someone else).
+/// The returned header keeps only what was checked: no GSO fields without GSO, and for GSO the
+/// exact length of the headers (through the TCP header) as `hdr_len`, not the source's.
+pub fn validate(
+    h: &VnetHdr,
+    src: u8,
+    len: usize,
+    head: impl FnOnce(&mut [u8]) -> bool,
+) -> Result<(u8, VnetHdr), OffloadError> {
+    let (flags, gso) = (h[0] & !F_DATA_VALID, h[1]);
+    if flags == 0 && gso == GSO_NONE {
+        return Ok((0, [0; 10]));
+    }
+    if flags & !F_NEEDS_CSUM != 0 {
+        return Err(OffloadError::BadFlags);
     }
     let mut needs = 0;
     if flags & F_NEEDS_CSUM != 0 {
-        let end = le16(h, 6) as u32 + le16(h, 8) as u32 + 2;
-        if end > len {
-            return Err(OffloadError::BadCsum);
-        }
         needs |= OFL_CSUM;
     }
     match gso & !GSO_ECN {
         GSO_NONE if gso == GSO_NONE => {}
         GSO_TCPV4 => needs |= OFL_TSO4,
         GSO_TCPV6 => needs |= OFL_TSO6,
+        GSO_UDP | GSO_UDP_L4 if gso & GSO_ECN == 0 => return Err(OffloadError::NotNegotiated),
         _ => return Err(OffloadError::BadGsoType),
     }
-    if gso != GSO_NONE {
-        if le16(h, 4) == 0 {
-            return Err(OffloadError::ZeroGsoSize);
-        }
-        if gso & GSO_ECN != 0 {
-            needs |= OFL_ECN;
-        }
+    if gso & GSO_ECN != 0 {
+        needs |= OFL_ECN;
     }
-    Ok(needs)
+    if needs & !src != 0 {
+        return Err(OffloadError::NotNegotiated);
+    }
+    if len > MAX_OFFLOAD_FRAME {
+        return Err(OffloadError::TooLong);
+    }
+    let (start, coff) = (le16(h, 6) as usize, le16(h, 8) as usize);
+    if flags & F_NEEDS_CSUM != 0
+        && (start < 14 || !(coff == CSUM_OFF_TCP || coff == CSUM_OFF_UDP) || start + coff + 2 > len)
+    {
+        return Err(OffloadError::BadCsum);
+    }
+    let mut out: VnetHdr = [0; 10];
+    out[0] = flags;
+    out[6..10].copy_from_slice(&h[6..10]);
+    if gso == GSO_NONE {
+        return Ok((needs, out));
+    }
+    if flags & F_NEEDS_CSUM == 0 {
+        return Err(OffloadError::GsoWithoutCsum);
+    }
+    let mut b = [0u8; MAX_HDR];
+    let have = len.min(MAX_HDR);
+    if !head(&mut b[..have]) {
+        return Err(OffloadError::BadGsoFrame);
+    }
+    let t = parse_tcp(&b[..have], len, gso)?;
+    if start != t.l4 || coff != CSUM_OFF_TCP {
+        return Err(OffloadError::BadCsum);
+    }
+    // hdr_len is a hint ("how much should be linear", Linux says): its TAP sets it to the
+    // skb's linear length, which leaves out a VLAN tag the TAP inserts, so a short one is not
+    // refused. One past the frame is (the kernel refuses it too); destinations get the exact
+    // length of the headers instead of either.
+    if le16(h, 2) as usize > len {
+        return Err(OffloadError::BadHdrLen);
+    }
+    let mss = le16(h, 4) as usize;
+    if mss < MIN_GSO_SIZE {
+        return Err(OffloadError::GsoSizeTooSmall);
+    }
+    if (len - t.hl).div_ceil(mss) > MAX_GSO_SEGS {
+        return Err(OffloadError::TooManyGsoSegments);
+    }
+    out[1] = gso;
+    out[2..4].copy_from_slice(&(t.hl as u16).to_le_bytes());
+    out[4..6].copy_from_slice(&h[4..6]);
+    Ok((needs, out))
 }
 
 /// A running 16-bit ones'-complement sum over bytes that may arrive in odd-length pieces.
@@ -224,6 +398,9 @@ pub struct Emitted {
 
 /// Turns the frame at `off..off + len` of `src` (whose offload fields are `h`) into complete
 /// frames, each handed to `emit` as a segment list and a length (valid only during the call).
+/// The work is bounded whatever the header says: a frame longer than [`MAX_OFFLOAD_FRAME`], a
+/// segment size below [`MIN_GSO_SIZE`] or more than [`MAX_GSO_SEGS`] segments are refused
+/// before any byte is summed.
 ///
 /// # Safety
 /// Every segment of `src` must be readable for its length during the call.
@@ -235,6 +412,9 @@ pub unsafe fn software<E>(
     s: &mut Scratch,
     mut emit: impl FnMut(&SegList, usize) -> Result<(), E>,
 ) -> Result<Emitted, FallbackError<E>> {
+    if len > MAX_OFFLOAD_FRAME {
+        return Err(FallbackError::Offload(OffloadError::TooLong));
+    }
     let gso = h[1] & !GSO_ECN;
     if gso == GSO_NONE {
         // SAFETY: forwarded from the caller.
@@ -266,6 +446,10 @@ unsafe fn checksum_only<E>(
     h: &VnetHdr,
     s: &mut Scratch,
 ) -> Result<(), FallbackError<E>> {
+    // Summing is the cost: never more than the longest frame that may carry offloads.
+    if len > MAX_OFFLOAD_FRAME {
+        return Err(FallbackError::Offload(OffloadError::TooLong));
+    }
     let start = le16(h, 6) as usize;
     let pos = start + le16(h, 8) as usize;
     if pos + 2 > len {
@@ -311,55 +495,23 @@ unsafe fn segment<E>(
     mut emit: impl FnMut(&SegList, usize) -> Result<(), E>,
 ) -> Result<Emitted, FallbackError<E>> {
     let bad = || FallbackError::Offload(OffloadError::BadGsoFrame);
-    if mss == 0 {
-        return Err(FallbackError::Offload(OffloadError::ZeroGsoSize));
+    if mss < MIN_GSO_SIZE {
+        return Err(FallbackError::Offload(OffloadError::GsoSizeTooSmall));
     }
     let have = len.min(MAX_HDR);
     // SAFETY: the caller vouches for `src`; `have` bytes of our own buffer are written.
-    if have < 14 || !unsafe { crate::sg::read(src, off, &mut s.hdr0[..have]) } {
+    if !unsafe { crate::sg::read(src, off, &mut s.hdr0[..have]) } {
         return Err(bad());
     }
+    let TcpLayout { l3, l4, hl, v4 } =
+        parse_tcp(&s.hdr0[..have], len, gso).map_err(FallbackError::Offload)?;
     let b = &s.hdr0[..have];
-    let mut l3 = 14;
-    let mut ethertype = u16::from_be_bytes([b[12], b[13]]);
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
-        if have < 18 {
-            return Err(bad());
-        }
-        ethertype = u16::from_be_bytes([b[16], b[17]]);
-        l3 = 18;
-    }
-    // IP length fields are 16 bits: a larger "GSO frame" is not one (and would only make us
-    // work for a hostile guest).
-    if len - l3 > 0xffff {
-        return Err(bad());
-    }
-    let v4 = gso == GSO_TCPV4;
-    let l4 = if v4 {
-        if ethertype != 0x0800 || have < l3 + 20 || b[l3] >> 4 != 4 || b[l3 + 9] != 6 {
-            return Err(bad());
-        }
-        let ihl = (b[l3] & 0x0f) as usize * 4;
-        if ihl < 20 {
-            return Err(bad());
-        }
-        l3 + ihl
-    } else {
-        if ethertype != 0x86dd || have < l3 + 40 || b[l3] >> 4 != 6 || b[l3 + 6] != 6 {
-            return Err(bad());
-        }
-        l3 + 40
-    };
-    if have < l4 + 20 {
-        return Err(bad());
-    }
-    let doff = (b[l4 + 12] >> 4) as usize * 4;
-    let hl = l4 + doff;
-    if doff < 20 || hl > have {
-        return Err(bad());
-    }
+    let doff = hl - l4;
     let payload = len - hl;
     let nseg = payload.div_ceil(mss).max(1);
+    if nseg > MAX_GSO_SEGS {
+        return Err(FallbackError::Offload(OffloadError::TooManyGsoSegments));
+    }
     let seq0 = u32::from_be_bytes([b[l4 + 4], b[l4 + 5], b[l4 + 6], b[l4 + 7]]);
     let id0 = u16::from_be_bytes([b[l3 + 4], b[l3 + 5]]);
     let flags0 = b[l4 + 13];
@@ -428,24 +580,31 @@ unsafe fn segment<E>(
 mod tests;
 
 impl Forwarder<'_> {
-    /// Reads the offload fields of a frame from a source that may send them. False (the frame
-    /// dropped, an error counted) when they are malformed.
+    /// Reads and checks the offload fields of a frame from a source that may send them and
+    /// negotiated `src` (`OFL_*`: a guest's HOST offloads, [`OFL_ALL`] for a TAP). False (the
+    /// frame dropped, counted as `OffloadNotNegotiated` or `BadOffload`) when they are refused
+    /// (see [`validate`]).
     #[inline(never)]
-    pub(crate) fn read_offloads(&self, port: u8, p: &mut Pkt) -> bool {
+    pub(crate) fn read_offloads(&self, port: u8, src: u8, p: &mut Pkt) -> bool {
         let mut h: VnetHdr = [0; 10];
+        let segs = p.segs.segs();
         // SAFETY: the segments were validated by the ring walk (or are the TAP's own buffer)
         // and hold at least a header and an Ethernet header; the caller holds what keeps them
         // mapped.
-        unsafe { crate::sg::read(p.segs.segs(), 0, &mut h) };
-        match classify(&h, p.len) {
-            Ok(needs) => {
+        unsafe { crate::sg::read(segs, 0, &mut h) };
+        let off = p.off as usize;
+        // SAFETY: as above; `validate` asks for at most the frame's first MAX_HDR bytes, into
+        // its own buffer.
+        let head = |b: &mut [u8]| unsafe { crate::sg::read(segs, off, b) };
+        match validate(&h, src, p.len as usize, head) {
+            Ok((needs, vnet)) => {
                 p.needs = needs;
-                p.vnet = h;
+                p.vnet = vnet;
                 true
             }
-            Err(_) => {
+            Err(e) => {
                 p.len = 0;
-                self.note_error(port, ChainError::BadOffload);
+                self.note_error(port, e.reason());
                 false
             }
         }
@@ -484,8 +643,8 @@ impl Forwarder<'_> {
         };
         match r {
             Ok(e) => (e.frames, e.bytes, None),
-            Err(FallbackError::Offload(_)) => {
-                self.note_error(port, ChainError::BadOffload);
+            Err(FallbackError::Offload(e)) => {
+                self.note_error(port, e.reason());
                 (0, 0, Some(TxDrop::OffloadFailed))
             }
             Err(FallbackError::Emit { err, sent, bytes }) => {

@@ -127,6 +127,23 @@ fn hdr(flags: u8, gso: u8, gso_size: u16, csum_start: u16, csum_offset: u16) -> 
     h
 }
 
+/// Sets a header's `hdr_len`.
+fn with_hdr_len(mut h: VnetHdr, hdr_len: usize) -> VnetHdr {
+    h[2..4].copy_from_slice(&(hdr_len as u16).to_le_bytes());
+    h
+}
+
+/// A guest's tx ring with every offload it may negotiate.
+const TSO: u8 = OFL_CSUM | OFL_TSO4 | OFL_TSO6;
+
+/// Validates `h` for frame `f` from a source that negotiated `src`.
+fn check(h: &VnetHdr, src: u8, f: &[u8]) -> Result<(u8, VnetHdr), OffloadError> {
+    validate(h, src, f.len(), |b| {
+        b.copy_from_slice(&f[..b.len()]);
+        true
+    })
+}
+
 fn run(f: &[u8], h: &VnetHdr) -> Result<Vec<Vec<u8>>, FallbackError<()>> {
     let mut bufs = scatter(f, 12);
     let src = list(&mut bufs);
@@ -150,10 +167,10 @@ fn run(f: &[u8], h: &VnetHdr) -> Result<Vec<Vec<u8>>, FallbackError<()>> {
 fn check_segments(v6: bool, payload: usize, mss: usize, flags: u8) {
     let (f, l3, l4) = tcp_frame(v6, payload, flags);
     let gso = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-    let h = hdr(F_NEEDS_CSUM, gso, mss as u16, l4 as u16, 16);
+    let h = with_hdr_len(hdr(F_NEEDS_CSUM, gso, mss as u16, l4 as u16, 16), l4 + 32);
     assert_eq!(
-        classify(&h, f.len() as u32),
-        Ok(OFL_CSUM | if v6 { OFL_TSO6 } else { OFL_TSO4 })
+        check(&h, TSO, &f),
+        Ok((OFL_CSUM | if v6 { OFL_TSO6 } else { OFL_TSO4 }, h))
     );
     let segs = run(&f, &h).unwrap();
     let hl = l4 + 32;
@@ -229,7 +246,10 @@ fn partial_checksums_are_completed() {
     ] {
         let (f, l3, l4) = tcp_frame(v6, payload, 0x08);
         let h = hdr(F_NEEDS_CSUM, GSO_NONE, 0, l4 as u16, 16);
-        assert_eq!(classify(&h, f.len() as u32), Ok(OFL_CSUM));
+        let (needs, fwd) = check(&h, OFL_CSUM, &f).unwrap();
+        assert_eq!(needs, OFL_CSUM);
+        let want = with_hdr_len(hdr(F_NEEDS_CSUM, 0, 0, l4 as u16, 16), 0);
+        assert_eq!(fwd, want, "no GSO fields without GSO");
         let out = run(&f, &h).unwrap();
         assert_eq!(out.len(), 1);
         let g = &out[0];
@@ -243,44 +263,6 @@ fn partial_checksums_are_completed() {
             "v6 {v6} payload {payload}"
         );
     }
-}
-
-#[test]
-fn ordinary_and_hostile_headers_are_classified() {
-    let len = 100;
-    assert_eq!(classify(&[0; 10], len), Ok(0));
-    assert_eq!(classify(&hdr(F_DATA_VALID, 0, 0, 0, 0), len), Ok(0));
-    assert_eq!(
-        classify(&hdr(F_NEEDS_CSUM, 0, 0, 34, 16), len),
-        Ok(OFL_CSUM)
-    );
-    assert_eq!(
-        classify(&hdr(F_NEEDS_CSUM, 0, 0, 82, 16), len),
-        Ok(OFL_CSUM)
-    );
-    assert_eq!(
-        classify(&hdr(F_NEEDS_CSUM, 0, 0, 83, 16), len),
-        Err(OffloadError::BadCsum)
-    );
-    assert_eq!(
-        classify(&hdr(F_NEEDS_CSUM, 0, 0, 0xffff, 0xffff), len),
-        Err(OffloadError::BadCsum)
-    );
-    for bad in [2u8, 3, 5, 0x7f, 0x80, 0x83] {
-        assert_eq!(
-            classify(&hdr(0, bad, 1448, 0, 0), len),
-            Err(OffloadError::BadGsoType),
-            "gso type {bad:#x}"
-        );
-    }
-    assert_eq!(
-        classify(&hdr(F_NEEDS_CSUM, GSO_TCPV4, 0, 34, 16), len),
-        Err(OffloadError::ZeroGsoSize)
-    );
-    assert_eq!(
-        classify(&hdr(F_NEEDS_CSUM, GSO_TCPV6 | GSO_ECN, 1, 54, 16), len),
-        Ok(OFL_CSUM | OFL_TSO6 | OFL_ECN)
-    );
 }
 
 #[test]
@@ -305,8 +287,9 @@ fn gso_frames_that_are_not_tcp_as_declared_are_refused() {
         run(&f[..40], &h),
         Err(FallbackError::Offload(OffloadError::BadGsoFrame))
     ));
-    // Longer than an IP packet can be.
-    let (big, _, l4) = tcp_frame(false, 65_500, 0);
+    // Longer than an IP packet can be (but not than a frame with offloads may be).
+    let (big, _, l4) = tcp_frame(false, 65_484, 0);
+    assert_eq!(big.len(), 14 + 0xffff + 1);
     let h = hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16);
     assert!(matches!(
         run(&big, &h),
@@ -345,4 +328,317 @@ fn the_destination_refusing_stops_segmentation() {
         other => panic!("{other:?}"),
     }
     assert_eq!(calls, 3);
+}
+
+#[test]
+fn ordinary_frames_pass_whatever_the_other_fields_hold() {
+    let (f, _, _) = tcp_frame(false, 100, 0);
+    for h in [
+        [0u8; 10],
+        [0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+        hdr(F_DATA_VALID, 0, 0, 0, 0),
+    ] {
+        assert_eq!(check(&h, 0, &f), Ok((0, [0; 10])), "{h:?}");
+        assert_eq!(check(&h, TSO, &f), Ok((0, [0; 10])), "{h:?}");
+    }
+}
+
+#[test]
+fn data_valid_is_cleared_and_stray_flags_are_refused() {
+    let (f, _, l4) = tcp_frame(false, 3000, 0);
+    // DATA_VALID is receive-only: cleared, never passed on (a TAP sets it legitimately).
+    let h = hdr(F_NEEDS_CSUM | F_DATA_VALID, 0, 0, l4 as u16, 16);
+    let (needs, fwd) = check(&h, OFL_ALL, &f).unwrap();
+    assert_eq!((needs, fwd[0]), (OFL_CSUM, F_NEEDS_CSUM));
+    let h = with_hdr_len(
+        hdr(F_NEEDS_CSUM | F_DATA_VALID, GSO_TCPV4, 1448, l4 as u16, 16),
+        l4 + 32,
+    );
+    let (needs, fwd) = check(&h, OFL_ALL, &f).unwrap();
+    assert_eq!((needs, fwd[0]), (OFL_CSUM | OFL_TSO4, F_NEEDS_CSUM));
+    for flags in [4u8, 8, 0x10, 0x80, F_NEEDS_CSUM | 4, F_DATA_VALID | 0x40] {
+        let h = hdr(flags, 0, 0, l4 as u16, 16);
+        assert_eq!(
+            check(&h, OFL_ALL, &f),
+            Err(OffloadError::BadFlags),
+            "{flags:#x}"
+        );
+    }
+}
+
+#[test]
+fn offloads_the_source_did_not_negotiate_are_refused() {
+    let (f4, _, l4) = tcp_frame(false, 3000, 0);
+    let (f6, _, l6) = tcp_frame(true, 3000, 0);
+    let v4 = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16), 0);
+    let v6 = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV6, 1448, l6 as u16, 16), 0);
+    let csum = hdr(F_NEEDS_CSUM, 0, 0, l4 as u16, 16);
+    let not = Err(OffloadError::NotNegotiated);
+    // A source that negotiated CSUM only sends a GSO header (malformed or not).
+    assert_eq!(check(&v4, OFL_CSUM, &f4), not);
+    assert_eq!(check(&v6, OFL_CSUM, &f6), not);
+    assert_eq!(check(&hdr(0, GSO_TCPV4, 1, 0, 0), OFL_CSUM, &f4), not);
+    // TSO4 only, IPv6 GSO.
+    assert_eq!(check(&v6, OFL_CSUM | OFL_TSO4, &f6), not);
+    // No CSUM, a partial checksum.
+    assert_eq!(check(&csum, OFL_TSO4 | OFL_TSO6, &f4), not);
+    // ECN: no vhost-user port negotiates it; a TAP may.
+    let mut ecn = v4;
+    ecn[1] |= GSO_ECN;
+    assert_eq!(check(&ecn, TSO, &f4), not);
+    assert_eq!(
+        check(&ecn, OFL_ALL, &f4).map(|r| r.0),
+        Ok(OFL_CSUM | OFL_TSO4 | OFL_ECN)
+    );
+    // UDP fragmentation and segmentation: known to virtio, offered by no port.
+    for gso in [GSO_UDP, GSO_UDP_L4] {
+        assert_eq!(
+            check(&hdr(F_NEEDS_CSUM, gso, 1448, 34, 6), OFL_ALL, &f4),
+            not
+        );
+    }
+    // What was negotiated passes.
+    assert!(check(&v4, TSO, &f4).is_ok());
+    assert!(check(&v6, TSO, &f6).is_ok());
+    assert!(check(&csum, OFL_CSUM, &f4).is_ok());
+    // Each refusal is counted under its own reason.
+    assert_eq!(
+        OffloadError::NotNegotiated.reason(),
+        ChainError::OffloadNotNegotiated
+    );
+    assert_eq!(OffloadError::BadCsum.reason(), ChainError::BadOffload);
+}
+
+#[test]
+fn unknown_gso_types_are_refused() {
+    let (f, _, l4) = tcp_frame(false, 3000, 0);
+    for bad in [2u8, 6, 0x7f, 0x80, 0x82, 0x83, 0x85, 0xff] {
+        assert_eq!(
+            check(&hdr(F_NEEDS_CSUM, bad, 1448, l4 as u16, 16), OFL_ALL, &f),
+            Err(OffloadError::BadGsoType),
+            "gso type {bad:#x}"
+        );
+    }
+}
+
+#[test]
+fn checksums_outside_the_frame_or_off_a_tcp_udp_field_are_refused() {
+    let (f, _, l4) = tcp_frame(false, 100, 0);
+    let len = f.len() as u16;
+    let bad = Err(OffloadError::BadCsum);
+    for (start, offset) in [
+        (len - 17, 16),
+        (len - 7, 6),
+        (len, 0),
+        (0xffff, 0xffff),
+        (0xffff, 16),
+        (0, 16),           // inside the Ethernet header
+        (13, 16),          // likewise
+        (l4 as u16, 0),    // not a TCP or UDP checksum
+        (l4 as u16, 17),   // likewise
+        (l4 as u16, 2000), // past the frame
+    ] {
+        assert_eq!(
+            check(&hdr(F_NEEDS_CSUM, 0, 0, start, offset), OFL_CSUM, &f),
+            bad,
+            "{start} {offset}"
+        );
+    }
+    // The last bytes of the frame, a UDP-style offset, and the TCP checksum pass.
+    for (start, offset) in [(len - 18, 16), (len - 8, 6), (14, 6), (l4 as u16, 16)] {
+        assert!(
+            check(&hdr(F_NEEDS_CSUM, 0, 0, start, offset), OFL_CSUM, &f).is_ok(),
+            "{start} {offset}"
+        );
+    }
+    // GSO: the checksum must be the TCP header's.
+    for (start, offset) in [(l4 as u16 - 4, 16), (l4 as u16 + 4, 16), (l4 as u16, 6)] {
+        let h = hdr(F_NEEDS_CSUM, GSO_TCPV4, 50, start, offset);
+        assert_eq!(check(&with_hdr_len(h, 0), TSO, &f), bad, "{start} {offset}");
+    }
+}
+
+#[test]
+fn gso_without_needs_csum_is_refused() {
+    let (f, _, l4) = tcp_frame(false, 3000, 0);
+    for gso in [GSO_TCPV4, GSO_TCPV4 | GSO_ECN] {
+        let h = with_hdr_len(hdr(0, gso, 1448, l4 as u16, 16), 0);
+        assert_eq!(check(&h, OFL_ALL, &f), Err(OffloadError::GsoWithoutCsum));
+    }
+    let h = with_hdr_len(hdr(F_DATA_VALID, GSO_TCPV4, 1448, l4 as u16, 16), 0);
+    assert_eq!(check(&h, OFL_ALL, &f), Err(OffloadError::GsoWithoutCsum));
+}
+
+#[test]
+fn tiny_gso_sizes_and_too_many_segments_are_refused() {
+    // The review's frame: 64 KiB in segments of 1 byte.
+    let (big, _, l4) = tcp_frame(false, 65_000, 0);
+    let hl = l4 + 32;
+    let gso = |mss: u16| with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV4, mss, l4 as u16, 16), hl);
+    for mss in [0u16, 1, 2, 47] {
+        assert_eq!(
+            check(&gso(mss), TSO, &big),
+            Err(OffloadError::GsoSizeTooSmall),
+            "{mss}"
+        );
+    }
+    // 65000 bytes need a segment size of at least 508 for 128 segments.
+    for mss in [48u16, 100, 507] {
+        assert_eq!(
+            check(&gso(mss), TSO, &big),
+            Err(OffloadError::TooManyGsoSegments),
+            "{mss}"
+        );
+    }
+    for mss in [508u16, 536, 1448, 9000, 0xffff] {
+        assert!(check(&gso(mss), TSO, &big).is_ok(), "{mss}");
+    }
+    // Exactly MAX_GSO_SEGS segments pass, one byte more does not.
+    let (f, _, _) = tcp_frame(false, MAX_GSO_SEGS * MIN_GSO_SIZE, 0);
+    assert!(check(&gso(MIN_GSO_SIZE as u16), TSO, &f).is_ok());
+    let (f, _, _) = tcp_frame(false, MAX_GSO_SEGS * MIN_GSO_SIZE + 1, 0);
+    assert_eq!(
+        check(&gso(MIN_GSO_SIZE as u16), TSO, &f),
+        Err(OffloadError::TooManyGsoSegments)
+    );
+}
+
+#[test]
+fn hdr_len_past_the_frame_is_refused_and_destinations_get_the_exact_one() {
+    let (f, _, l4) = tcp_frame(false, 3000, 0);
+    let hl = l4 + 32;
+    let h = |n: usize| with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16), n);
+    for n in [f.len() + 1, f.len() + 1000, 0xffff] {
+        assert_eq!(check(&h(n), TSO, &f), Err(OffloadError::BadHdrLen), "{n}");
+    }
+    // A hint (short ones included: Linux's TAP leaves out a VLAN tag it inserts) becomes the
+    // exact length of the headers.
+    for n in [0, 1, l4, l4 + 20, hl - 4, hl, hl + 1, f.len()] {
+        assert_eq!(
+            check(&h(n), TSO, &f),
+            Ok((OFL_CSUM | OFL_TSO4, h(hl))),
+            "{n}"
+        );
+    }
+    let (f6, _, l6) = tcp_frame(true, 3000, 0);
+    let h6 = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV6, 1448, l6 as u16, 16), 0);
+    assert_eq!(
+        check(&h6, TSO, &f6).unwrap().1[2..4],
+        ((l6 + 32) as u16).to_le_bytes()
+    );
+}
+
+#[test]
+fn gso_frames_that_are_not_tcp_as_declared_are_refused_up_front() {
+    let (f4, _, l4) = tcp_frame(false, 3000, 0);
+    let (f6, _, l6) = tcp_frame(true, 3000, 0);
+    let bad = Err(OffloadError::BadGsoFrame);
+    let v4 = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16), 0);
+    let v6 = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV6, 1448, l6 as u16, 16), 0);
+    // TCPV4 on an IPv6 frame (checksum where the TCP one would be), and the other way round.
+    let mut v4_on_6 = v4;
+    v4_on_6[6..8].copy_from_slice(&(l6 as u16).to_le_bytes());
+    assert_eq!(check(&v4_on_6, TSO, &f6), bad);
+    let mut v6_on_4 = v6;
+    v6_on_4[6..8].copy_from_slice(&(l4 as u16).to_le_bytes());
+    assert_eq!(check(&v6_on_4, TSO, &f4), bad);
+    // EtherType and IP version disagree.
+    let mut g = f4.clone();
+    g[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(check(&v4, TSO, &g), bad);
+    let mut g = f4.clone();
+    g[14] = 0x65;
+    assert_eq!(check(&v4, TSO, &g), bad);
+    // UDP (or anything but TCP) inside.
+    for proto in [17u8, 0, 1, 58] {
+        let mut g = f4.clone();
+        g[14 + 9] = proto;
+        assert_eq!(check(&v4, TSO, &g), bad, "IPv4 protocol {proto}");
+        let mut g = f6.clone();
+        g[14 + 6] = proto;
+        assert_eq!(check(&v6, TSO, &g), bad, "IPv6 next header {proto}");
+    }
+    // IHL below 5, TCP data offset below 5 or past the frame, headers cut short.
+    let mut g = f4.clone();
+    g[14] = 0x44;
+    assert_eq!(check(&v4, TSO, &g), bad);
+    for doff in [0x00u8, 0x40, 0xf0] {
+        let mut g = f4[..l4 + 20].to_vec();
+        g[l4 + 12] = doff;
+        assert_eq!(check(&v4, TSO, &g), bad, "{doff:#x}");
+    }
+    assert_eq!(check(&v4, TSO, &f4[..l4 + 24]), bad, "TCP options cut off");
+    // A GSO frame longer than an IP packet can be.
+    let (big, _, l4) = tcp_frame(false, 65_484, 0);
+    let h = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, l4 as u16, 16), 0);
+    assert_eq!(check(&h, TSO, &big), bad);
+    // The source's buffers cannot be read.
+    assert_eq!(validate(&v4, TSO, f4.len(), |_| false), bad);
+    // A VLAN-tagged frame is fine.
+    let mut g = f4[..12].to_vec();
+    g.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    g.extend_from_slice(&f4[12..]);
+    let mut h = v4;
+    h[6..8].copy_from_slice(&(l4 as u16 + 4).to_le_bytes());
+    assert!(check(&h, TSO, &g).is_ok());
+}
+
+#[test]
+fn frames_longer_than_64k_are_refused_without_being_read() {
+    // The review's 4 GB frame that needs a checksum: refused from its length alone.
+    for len in [MAX_OFFLOAD_FRAME + 1, 1 << 20, u32::MAX as usize] {
+        let h = hdr(F_NEEDS_CSUM, 0, 0, 34, 16);
+        let r = validate(&h, OFL_ALL, len, |_| panic!("read"));
+        assert_eq!(r, Err(OffloadError::TooLong), "{len}");
+        let h = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, 34, 16), 0);
+        let r = validate(&h, OFL_ALL, len, |_| panic!("read"));
+        assert_eq!(r, Err(OffloadError::TooLong), "{len}");
+    }
+    let (f, _, l4) = tcp_frame(false, MAX_OFFLOAD_FRAME - 66, 0);
+    assert_eq!(f.len(), MAX_OFFLOAD_FRAME);
+    assert!(check(&hdr(F_NEEDS_CSUM, 0, 0, l4 as u16, 16), OFL_CSUM, &f).is_ok());
+}
+
+#[test]
+fn the_fallback_bounds_its_own_work() {
+    // Whatever reaches it, the fallback refuses long frames before summing a byte ...
+    let long = vec![0u8; MAX_OFFLOAD_FRAME + 1];
+    for h in [
+        hdr(F_NEEDS_CSUM, 0, 0, 34, 16),
+        hdr(F_NEEDS_CSUM, GSO_TCPV4, 1448, 34, 16),
+    ] {
+        assert!(matches!(
+            run(&long, &h),
+            Err(FallbackError::Offload(OffloadError::TooLong))
+        ));
+    }
+    // ... and tiny segment sizes or too many segments before emitting one.
+    let (f, _, l4) = tcp_frame(false, 65_000, 0);
+    for (mss, err) in [
+        (0u16, OffloadError::GsoSizeTooSmall),
+        (1, OffloadError::GsoSizeTooSmall),
+        (47, OffloadError::GsoSizeTooSmall),
+        (200, OffloadError::TooManyGsoSegments),
+    ] {
+        let h = hdr(F_NEEDS_CSUM, GSO_TCPV4, mss, l4 as u16, 16);
+        match run(&f, &h) {
+            Err(FallbackError::Offload(e)) => assert_eq!(e, err, "{mss}"),
+            Err(FallbackError::Emit { .. }) => panic!("{mss}: emitted"),
+            Ok(out) => panic!("{mss}: {} frames", out.len()),
+        }
+    }
+}
+
+#[test]
+fn validation_reads_the_headers_through_scattered_buffers() {
+    let (f, _, l4) = tcp_frame(true, 20_000, 0);
+    let h = with_hdr_len(hdr(F_NEEDS_CSUM, GSO_TCPV6, 1428, l4 as u16, 16), l4 + 32);
+    let mut bufs = scatter(&f, 12);
+    let src = list(&mut bufs);
+    // SAFETY: the list points at live test buffers.
+    let head = |b: &mut [u8]| unsafe { crate::sg::read(src.segs(), 12, b) };
+    assert_eq!(
+        validate(&h, TSO, f.len(), head),
+        Ok((OFL_CSUM | OFL_TSO6, h))
+    );
 }

@@ -213,7 +213,7 @@ pub fn poll(
         p.off = TAP_HDR_LEN as u32;
         p.len = (got - TAP_HDR_LEN) as u32;
         p.needs = 0;
-        if tap.offloads && !fwd.read_offloads(port, p) {
+        if tap.offloads && !fwd.read_offloads(port, crate::offload::OFL_ALL, p) {
             continue; // counted; the slot is reused
         }
         let mut eth = [0u8; 12];

@@ -130,7 +130,7 @@ pub enum ChainError {
     Runt,
     #[error("avail index moved by more than the queue size")]
     BadAvailIndex,
-    #[error("virtio-net header asks for an offload that is malformed (unknown GSO type, checksum outside the frame, zero segment size, or not TCP as declared)")]
+    #[error("virtio-net header offload fields are malformed or do not match the frame")]
     BadOffload,
     #[error("virtio-net header asks for an offload the port did not negotiate")]
     OffloadNotNegotiated,

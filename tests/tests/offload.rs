@@ -2,12 +2,19 @@
 //! guest that negotiated CSUM/HOST_TSO4/6 sends a partial-checksum frame and TCP GSO frames
 //! (30 KB over IPv4, 20 KB over IPv6); a port with GUEST_CSUM/GUEST_TSO4/6 gets them as they are
 //! (header fields preserved, mergeable buffers), ports without get complete frames and correct
-//! segments; malformed offload headers are dropped and counted.
+//! segments; malformed offload headers are dropped and counted. Hostile headers (a 64 KiB frame
+//! in 1-byte segments, GSO without NEEDS_CSUM, GSO on the wrong IP version, GSO from a port that
+//! negotiated CSUM only, a checksum past the frame) are refused and counted by reason while two
+//! other ports keep exchanging frames without loss.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench::frontend::{features, RawDesc, VhostUserPort};
-use switchyard_tests::lab::{mac, Lab};
+use switch::vring::ChainError;
+use switchyard_tests::lab::{frame, mac, Lab, BCAST};
 
 const CSUM: u64 = 1 << 0;
 const GUEST_CSUM: u64 = 1 << 1;
@@ -94,7 +101,9 @@ fn vnet(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; 12] 
     let mut h = [0u8; 12];
     h[0] = flags;
     h[1] = gso;
-    h[2..4].copy_from_slice(&(HL as u16).to_le_bytes());
+    // The headers' length: through the TCP header (no options) of an IPv4 or IPv6 frame.
+    let hl = if gso == GSO_TCPV6 { V6_L4 + 20 } else { HL };
+    h[2..4].copy_from_slice(&(hl as u16).to_le_bytes());
     h[4..6].copy_from_slice(&gso_size.to_le_bytes());
     h[6..8].copy_from_slice(&start.to_le_bytes());
     h[8..10].copy_from_slice(&offset.to_le_bytes());
@@ -207,7 +216,9 @@ fn offloads_pass_through_to_ports_that_negotiated_them_and_are_done_in_software_
     send_raw(&mut src, &h, &f);
     let got = collect(&mut tso, 1);
     assert_eq!(got.len(), 1);
-    assert_eq!(&got[0].0[..10], &h[..10], "offload fields preserved");
+    let mut want = h;
+    want[2..6].fill(0); // hdr_len and gso_size mean nothing without GSO: not passed on
+    assert_eq!(&got[0].0[..10], &want[..10], "offload fields preserved");
     assert_eq!(got[0].1, f, "frame unchanged (checksum left to the guest)");
     for port in [&mut plain, &mut legacy] {
         let got = collect(port, 1);
@@ -284,13 +295,8 @@ fn offloads_pass_through_to_ports_that_negotiated_them_and_are_done_in_software_
     for h in &bad {
         send_raw(&mut src, h, &small);
     }
-    assert!(switchyard_tests::wait_until(Duration::from_secs(5), || lab
-        .stats("src")
-        .stats
-        .errors
-        == bad.len() as u64));
-    // A GSO frame that is not TCP as declared reaches the TSO guest as it is (its kernel
-    // checks it) but is refused by the software segmenter for the others.
+    // A GSO frame that is not TCP as declared is refused at the source too: no destination
+    // (nor its kernel) sees it.
     let mut udp = tcp4(5000);
     udp[L3 + 9] = 17;
     send_raw(
@@ -298,14 +304,269 @@ fn offloads_pass_through_to_ports_that_negotiated_them_and_are_done_in_software_
         &vnet(NEEDS_CSUM, GSO_TCPV4, mss as u16, L4 as u16, 16),
         &udp,
     );
-    assert_eq!(collect(&mut tso, 1).len(), 1);
+    assert!(switchyard_tests::wait_until(Duration::from_secs(5), || lab
+        .stats("src")
+        .stats
+        .errors
+        == bad.len() as u64 + 1));
+    let st = lab.stats("src").stats;
+    assert_eq!(st.error_count(ChainError::OffloadNotNegotiated), 1, "UFO");
+    assert_eq!(st.error_count(ChainError::BadOffload), bad.len() as u64);
+    assert!(collect(&mut tso, 0).is_empty());
     assert!(collect(&mut plain, 0).is_empty());
     assert!(collect(&mut legacy, 0).is_empty());
-    assert!(lab.stats("plain").stats.errors >= 1);
     // The source still works.
     let f = tcp4(200);
     send_raw(&mut src, &vnet(NEEDS_CSUM, 0, 0, L4 as u16, 16), &f);
     assert_eq!(collect(&mut tso, 1).len(), 1);
     assert_eq!(collect(&mut plain, 1).len(), 1);
     assert_eq!(collect(&mut legacy, 1).len(), 1);
+}
+
+/// A stream of numbered frames from one port to another on its own thread, paced so that no
+/// rx ring can overflow (at most `WINDOW` in flight): any frame missing is a loss.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    /// Frames delivered in order so far.
+    delivered: Arc<AtomicU32>,
+    thread: JoinHandle<StreamEnd>,
+}
+
+#[derive(Debug)]
+struct StreamEnd {
+    sent: u32,
+    delivered: u32,
+    out_of_order: u32,
+}
+
+const WINDOW: u32 = 32;
+
+impl Stream {
+    fn start(mut a: VhostUserPort, mut b: VhostUserPort) -> Self {
+        let (ma, mb) = (mac(21), mac(22));
+        let stop = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(AtomicU32::new(0));
+        let (stop2, delivered2) = (stop.clone(), delivered.clone());
+        let thread = std::thread::spawn(move || {
+            // b announces itself, so that a's frames are unicast to it.
+            assert_eq!(b.send(&[&frame(BCAST, mb, 0, 60)]), 1);
+            assert!(switchyard_tests::wait_until(Duration::from_secs(5), || {
+                let mut seen = false;
+                a.recv(|f| seen |= f[6..12] == mb);
+                seen
+            }));
+            let mine = |f: &[u8]| f.len() >= 18 && f[6..12] == ma && f[12..14] == [0x88, 0xb5];
+            let (mut sent, mut next, mut out_of_order) = (0u32, 0u32, 0u32);
+            let mut stopped: Option<Instant> = None;
+            loop {
+                if stopped.is_none() && stop2.load(Ordering::Relaxed) {
+                    stopped = Some(Instant::now());
+                }
+                match stopped {
+                    Some(t) if next == sent || t.elapsed() > Duration::from_secs(5) => break,
+                    None if sent - next < WINDOW => {
+                        sent += a.send(&[&frame(mb, ma, sent, 128)]) as u32;
+                    }
+                    _ => {}
+                }
+                let got = b.recv(|f| {
+                    if mine(f) {
+                        let seq = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
+                        if seq == next {
+                            next += 1;
+                        } else {
+                            out_of_order += 1;
+                        }
+                    }
+                });
+                a.recv(|_| {}); // floods from the other ports
+                delivered2.store(next, Ordering::Relaxed);
+                if got == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            StreamEnd {
+                sent,
+                delivered: next,
+                out_of_order,
+            }
+        });
+        Stream {
+            stop,
+            delivered,
+            thread,
+        }
+    }
+
+    fn delivered(&self) -> u32 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> StreamEnd {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwarding() {
+    let lab = Lab::new(
+        "offload-hostile",
+        &["attacker", "csum-only", "tso", "plain", "a", "b"],
+    );
+    let mut attacker = lab.attach_with("attacker", |c| {
+        c.features = features::DEFAULT | CSUM | HOST_TSO4 | HOST_TSO6
+    });
+    let mut csum_only = lab.attach_with("csum-only", |c| c.features = features::DEFAULT | CSUM);
+    let mut tso = lab.attach_with("tso", |c| {
+        c.features = features::DEFAULT | GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6
+    });
+    let mut plain = lab.attach("plain");
+    assert_eq!(csum_only.features() & (CSUM | HOST_TSO4 | HOST_TSO6), CSUM);
+    let stream = Stream::start(lab.attach("a"), lab.attach("b"));
+    assert!(
+        switchyard_tests::wait_until(Duration::from_secs(10), || stream.delivered() >= 100),
+        "the stream did not start"
+    );
+    // b's announcement was flooded here too.
+    collect(&mut tso, 0);
+    collect(&mut plain, 0);
+
+    let mss = 1448;
+    let big = tcp4(65_000);
+    let mid = tcp4(5000);
+    let small = tcp4(100);
+    let v6 = tcp6(5000);
+    // (frame, header, port that sends it, reason it is refused)
+    let mut past = vnet(NEEDS_CSUM, GSO_TCPV4, mss, L4 as u16, 16);
+    past[2..4].copy_from_slice(&(mid.len() as u16 + 1).to_le_bytes());
+    let attacks: [(&[u8], [u8; 12], bool, ChainError); 7] = [
+        // (a) 64 KiB in 1-byte segments (65 000 frames per destination before).
+        (
+            &big,
+            vnet(NEEDS_CSUM, GSO_TCPV4, 1, L4 as u16, 16),
+            false,
+            ChainError::BadOffload,
+        ),
+        // (a') 64 KiB in 256-byte segments: 254 frames, more than 128.
+        (
+            &big,
+            vnet(NEEDS_CSUM, GSO_TCPV4, 256, L4 as u16, 16),
+            false,
+            ChainError::BadOffload,
+        ),
+        // (b) GSO without NEEDS_CSUM.
+        (
+            &mid,
+            vnet(0, GSO_TCPV4, mss, L4 as u16, 16),
+            false,
+            ChainError::BadOffload,
+        ),
+        // (c) GSO TCPV4 on an IPv6 frame (the checksum where its TCP one is).
+        (
+            &v6,
+            vnet(NEEDS_CSUM, GSO_TCPV4, mss, V6_L4 as u16, 16),
+            false,
+            ChainError::BadOffload,
+        ),
+        // (d) GSO from a port that negotiated CSUM only.
+        (
+            &mid,
+            vnet(NEEDS_CSUM, GSO_TCPV4, mss, L4 as u16, 16),
+            true,
+            ChainError::OffloadNotNegotiated,
+        ),
+        // (e) a checksum past the frame.
+        (
+            &small,
+            vnet(NEEDS_CSUM, 0, 0, small.len() as u16 + 10, 16),
+            false,
+            ChainError::BadOffload,
+        ),
+        // (f) hdr_len past the frame.
+        (&mid, past, false, ChainError::BadOffload),
+    ];
+    const ROUNDS: u64 = 20;
+    let before = stream.delivered();
+    for round in 0..ROUNDS {
+        for (i, (f, h, from_csum_only, why)) in attacks.iter().enumerate() {
+            let (port, name) = if *from_csum_only {
+                (&mut csum_only, "csum-only")
+            } else {
+                (&mut attacker, "attacker")
+            };
+            let was = lab.stats(name).stats.error_count(*why);
+            send_raw(port, h, f);
+            assert!(
+                switchyard_tests::wait_until(Duration::from_secs(5), || lab
+                    .stats(name)
+                    .stats
+                    .error_count(*why)
+                    == was + 1),
+                "round {round}, attack {i}: not counted as {why:?}: {:?}",
+                lab.stats(name).stats
+            );
+        }
+    }
+    let during = stream.delivered() - before;
+    // Every refusal was counted under its reason and nothing else.
+    let st = lab.stats("attacker").stats;
+    assert_eq!(st.error_count(ChainError::BadOffload), 6 * ROUNDS, "{st:?}");
+    assert_eq!(st.errors, 6 * ROUNDS, "{st:?}");
+    let st = lab.stats("csum-only").stats;
+    assert_eq!(
+        st.error_count(ChainError::OffloadNotNegotiated),
+        ROUNDS,
+        "{st:?}"
+    );
+    assert_eq!(st.errors, ROUNDS, "{st:?}");
+    // Nobody got any of it.
+    assert!(collect(&mut tso, 0).is_empty());
+    assert!(collect(&mut plain, 0).is_empty());
+    assert_eq!(
+        lab.stats("tso").stats.tx_packets,
+        1,
+        "b's announcement only"
+    );
+    assert_eq!(
+        lab.stats("plain").stats.tx_packets,
+        1,
+        "b's announcement only"
+    );
+    assert!(
+        during > 0,
+        "the other ports exchanged nothing during the attack"
+    );
+
+    // Both attackers still forward valid frames: a GSO frame (whose hdr_len hint, short here,
+    // reaches the TSO guest as the exact header length) and a partial checksum.
+    let f = tcp4(30_000);
+    let mut h = vnet(NEEDS_CSUM, GSO_TCPV4, mss, L4 as u16, 16);
+    h[2..4].copy_from_slice(&20u16.to_le_bytes());
+    send_raw(&mut attacker, &h, &f);
+    let got = collect(&mut tso, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0[2..4], (HL as u16).to_le_bytes(), "hdr_len");
+    assert_eq!(got[0].1, f);
+    assert_complete_segments(
+        &collect(&mut plain, 30_000usize.div_ceil(mss as usize)),
+        &f,
+        mss as usize,
+    );
+    let f = tcp4(1000);
+    send_raw(&mut csum_only, &vnet(NEEDS_CSUM, 0, 0, L4 as u16, 16), &f);
+    assert_eq!(collect(&mut tso, 1).len(), 1);
+    let got = collect(&mut plain, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(sum(&[&pseudo(&got[0].1), &got[0].1[L4..]]), 0xffff);
+
+    // And the stream lost nothing.
+    let end = stream.finish();
+    eprintln!("stream: {end:?}, {during} delivered during the attack");
+    assert_eq!(end.out_of_order, 0, "{end:?}");
+    assert_eq!(end.delivered, end.sent, "{end:?}");
+    for port in ["a", "b"] {
+        let st = lab.stats(port).stats;
+        assert_eq!((st.errors, st.tx_dropped), (0, 0), "{port}: {st:?}");
+    }
 }
