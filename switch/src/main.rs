@@ -62,6 +62,13 @@ struct RunArgs {
     /// Let idle PMDs sleep up to this many microseconds between polls (0: pure polling).
     #[arg(long)]
     pmd_max_sleep_us: Option<u64>,
+    /// Accept shmem memfds not sealed against shrinking (the VMM could truncate them; that port's
+    /// session then ends).
+    #[arg(long)]
+    allow_unsealed_memory: bool,
+    /// Most bytes one port's memory table may map, e.g. 8G (default: the host's memory).
+    #[arg(long, value_name = "BYTES|NG", value_parser = switch::guest_mem::parse_bytes)]
+    max_guest_memory: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -181,6 +188,9 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
             .or(file.mac_aging_secs)
             .unwrap_or(switch::fdb::DEFAULT_AGING_SECS),
         pmd_max_sleep_us: args.pmd_max_sleep_us.or(file.pmd_max_sleep_us).unwrap_or(0),
+        allow_unsealed_memory: args.allow_unsealed_memory
+            || file.allow_unsealed_memory.unwrap_or(false),
+        max_guest_memory: args.max_guest_memory.or(file.max_guest_memory.map(|b| b.0)),
     };
     let ctl_path = args
         .ctl

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::datapath::{PmdSnapshot, PortOut, PortRt, QueueRt, RxSource, RxqRt, MAX_PORTS};
 use crate::fdb::Fdb;
+use crate::guest_mem::{GuestMemory, MemoryPolicy};
 use crate::pmd::{PmdError, PmdHandle};
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
@@ -26,6 +27,10 @@ pub struct SwitchConfig {
     pub mac_aging_secs: u32,
     /// An idle PMD may sleep up to this long between polls (0: pure polling).
     pub pmd_max_sleep_us: u64,
+    /// Accept shmem memfds not sealed against shrinking (see `guest_mem::MemoryPolicy`).
+    pub allow_unsealed_memory: bool,
+    /// Most bytes one memory table may map (None: the host's MemTotal).
+    pub max_guest_memory: Option<u64>,
 }
 
 /// Errors of control operations, phrased for the person at the CLI.
@@ -71,6 +76,8 @@ pub struct PortQueues {
     pub to_guest: Vec<(u16, Arc<QueueRt>)>,
     /// (queue pair, ring) for the guest's tx rings (the switch polls).
     pub from_guest: Vec<(u16, Arc<QueueRt>)>,
+    /// The memory table the rings live in (housekeeping watches it for SIGBUS faults).
+    pub mem: Option<Arc<GuestMemory>>,
 }
 
 /// What a port's frontend negotiated, for display.
@@ -166,6 +173,7 @@ pub struct SwitchCore {
     pub fdb: Arc<Fdb>,
     pmds: Vec<PmdHandle>,
     started: Instant,
+    mem_policy: MemoryPolicy,
 }
 
 impl SwitchCore {
@@ -197,7 +205,18 @@ impl SwitchCore {
             fdb,
             pmds,
             started: Instant::now(),
+            mem_policy: MemoryPolicy {
+                allow_unsealed: cfg.allow_unsealed_memory,
+                max_bytes: cfg
+                    .max_guest_memory
+                    .unwrap_or_else(crate::guest_mem::host_mem_total),
+            },
         }))
+    }
+
+    /// What memory tables the ports accept.
+    pub fn memory_policy(&self) -> MemoryPolicy {
+        self.mem_policy
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -593,6 +612,16 @@ impl SwitchCore {
                 .max()
                 .unwrap_or(0);
             if let Some(e) = st.ports.get_mut(&name) {
+                // A SIGBUS in this port's memory (the VMM truncated its file): the backstop made
+                // the switch survive; end the session so the rings stop reading zero pages.
+                if e.queues.mem.as_ref().is_some_and(|m| m.take_fault()) {
+                    tracing::warn!(
+                        "port {name}: guest memory lost (file truncated?); session closed"
+                    );
+                    if let Some(r) = &e.runner {
+                        r.disconnect();
+                    }
+                }
                 if errors > e.errors_logged {
                     let what = chain_error_from_code(last)
                         .map_or("bad frame".to_string(), |c| c.to_string());

@@ -512,7 +512,8 @@ pub(crate) mod tests {
                 user_addr: VA,
                 mmap_offset: 0,
             };
-            let mem = Arc::new(GuestMemory::map(&[region], vec![file]).unwrap());
+            let mem =
+                Arc::new(GuestMemory::map(&[region], vec![file], &Default::default()).unwrap());
             let base = mem.translate(0, 1).unwrap();
             TestGuest {
                 mem,

@@ -175,6 +175,8 @@ fn frames_cross_the_switch_and_rings_survive_a_switch_restart() {
         pmd_cores: vec![cores - 1],
         mac_aging_secs: 300,
         pmd_max_sleep_us: 100,
+        allow_unsealed_memory: false,
+        max_guest_memory: None,
     })
     .unwrap();
     let sock = |p: &str| dir.join(format!("{p}.sock"));
