@@ -615,9 +615,10 @@ impl SwitchCore {
                 // A SIGBUS in this port's memory (the VMM truncated its file): the backstop made
                 // the switch survive; end the session so the rings stop reading zero pages.
                 if e.queues.mem.as_ref().is_some_and(|m| m.take_fault()) {
-                    tracing::warn!(
-                        "port {name}: guest memory lost (file truncated?); session closed"
-                    );
+                    let msg = "guest memory lost (file truncated?); session closed";
+                    tracing::warn!("port {name}: {msg}");
+                    e.protocol_errors += 1;
+                    e.last_protocol_error = msg.to_string();
                     if let Some(r) = &e.runner {
                         r.disconnect();
                     }
