@@ -596,6 +596,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("8G"), Ok(8 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2 kb"), Ok(2048));
+        assert!(parse_bytes("3X").is_err());
+        assert!(parse_bytes("G").is_err());
+        assert!(parse_bytes("99999999999T").is_err(), "overflow");
+    }
+
+    #[test]
     fn unsealed_shmem_memfds_are_refused_unless_allowed() {
         let r = region(0, 0x2000, 0x1000_0000);
         let err = GuestMemory::map(

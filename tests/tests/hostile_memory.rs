@@ -30,10 +30,8 @@ fn raw_memfd(len: u64, hugetlb: bool, seal: bool) -> File {
     file.set_len(len).unwrap();
     if seal {
         // SAFETY: F_ADD_SEALS with an int argument on an open fd.
-        assert_eq!(
-            unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-            0
-        );
+        let rc = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(rc, 0);
     }
     file
 }
