@@ -78,6 +78,9 @@ pub struct PortConfig {
     pub name: String,
     /// Hugepage policy for the region.
     pub huge: HugePolicy,
+    /// Seal the memory file against shrinking and growing (what QEMU does; the switch refuses
+    /// unsealed shmem memfds unless told otherwise). False plays a VMM that may truncate it.
+    pub seal: bool,
     /// How long to wait for the peer.
     pub connect_timeout: Duration,
 }
@@ -94,6 +97,7 @@ impl Default for PortConfig {
             tx_buffer_len: 2048,
             name: "frontend".to_string(),
             huge: HugePolicy::default(),
+            seal: true,
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -258,7 +262,11 @@ impl PortDatapath {
         }
         let scratch_off = off.div_ceil(4096) * 4096;
         let total = scratch_off + SCRATCH_LEN;
-        let mem = SharedMemory::new(&cfg.name, total, cfg.huge)?;
+        let mem = if cfg.seal {
+            SharedMemory::new(&cfg.name, total, cfg.huge)?
+        } else {
+            SharedMemory::new_unsealed(&cfg.name, total, cfg.huge)?
+        };
         let base = mem.as_ptr();
         let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(FrontendError::EventFd);
         let mk = |layout: RingLayout, off: usize, slot_len: u32| -> Result<Queue, FrontendError> {

@@ -5,6 +5,10 @@
 //! mapped `MAP_SHARED`. When no hugepages are free, [`HugePolicy::Prefer`] falls back to a plain
 //! shared memfd with one warning, so a fresh machine still runs; [`HugePolicy::Require`] fails with
 //! an error that says how to reserve pages.
+//!
+//! Regions are sealed after sizing (`F_SEAL_SHRINK | F_SEAL_GROW`), so a peer that maps them (the
+//! switch) can trust that the file will not shrink under its mapping. [`SharedMemory::new_unsealed`]
+//! leaves the seals off, for tests that play a hostile VMM.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -108,6 +112,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// F_ADD_SEALS failed.
+    #[error("cannot seal shared memory {name:?} against resizing")]
+    Seal {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     /// mmap failed.
     #[error("cannot map {len} bytes of shared memory {name:?}")]
     Map {
@@ -164,22 +175,33 @@ pub struct SharedMemory {
 static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl SharedMemory {
-    /// Creates a region of at least `len` bytes (rounded up to the page size) under `policy`.
+    /// Creates a region of at least `len` bytes (rounded up to the page size) under `policy`,
+    /// sealed against shrinking and growing.
     pub fn new(name: &str, len: usize, policy: HugePolicy) -> Result<Self, Error> {
+        Self::create(name, len, policy, true)
+    }
+
+    /// Like [`new`](Self::new) but without seals: the file can be truncated under a peer's
+    /// mapping (what a hostile or careless VMM does; for tests).
+    pub fn new_unsealed(name: &str, len: usize, policy: HugePolicy) -> Result<Self, Error> {
+        Self::create(name, len, policy, false)
+    }
+
+    fn create(name: &str, len: usize, policy: HugePolicy, seal: bool) -> Result<Self, Error> {
         match policy {
-            HugePolicy::Never => Self::with_page_size(name, len, PageSize::Normal),
+            HugePolicy::Never => Self::with_page_size(name, len, PageSize::Normal, seal),
             HugePolicy::Require(page) => {
                 if page != PageSize::Normal {
                     check_free(page, len)?;
                 }
-                Self::with_page_size(name, len, page)
+                Self::with_page_size(name, len, page, seal)
             }
             HugePolicy::Prefer(page) => {
                 if page == PageSize::Normal {
-                    return Self::with_page_size(name, len, page);
+                    return Self::with_page_size(name, len, page, seal);
                 }
                 let attempt =
-                    check_free(page, len).and_then(|_| Self::with_page_size(name, len, page));
+                    check_free(page, len).and_then(|_| Self::with_page_size(name, len, page, seal));
                 match attempt {
                     Ok(mem) => Ok(mem),
                     Err(err) => {
@@ -188,17 +210,17 @@ impl SharedMemory {
                                 "no {page} hugepages for {name:?}, using plain shared memory ({err})"
                             );
                         }
-                        Self::with_page_size(name, len, PageSize::Normal)
+                        Self::with_page_size(name, len, PageSize::Normal, seal)
                     }
                 }
             }
         }
     }
 
-    fn with_page_size(name: &str, len: usize, page: PageSize) -> Result<Self, Error> {
+    fn with_page_size(name: &str, len: usize, page: PageSize, seal: bool) -> Result<Self, Error> {
         let len = round_up(len.max(1), page.bytes());
         let cname = CString::new(format!("switchyard-{name}")).unwrap_or_default();
-        let flags = libc::MFD_CLOEXEC | page.memfd_flags();
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | page.memfd_flags();
         // SAFETY: `cname` is a valid NUL-terminated string that outlives the call; the flags are
         // valid memfd_create flags. The returned fd is checked before use.
         let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
@@ -216,6 +238,23 @@ impl SharedMemory {
             len,
             source,
         })?;
+        if seal {
+            // hugetlb memfds support seals too (Linux 4.16+).
+            // SAFETY: F_ADD_SEALS takes an int argument; the fd is open and owned by `file`.
+            let rc = unsafe {
+                libc::fcntl(
+                    file.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+                )
+            };
+            if rc != 0 {
+                return Err(Error::Seal {
+                    name: name.to_string(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
         // SAFETY: the file is a private memfd of exactly `len` bytes that we own; mapping it shared
         // is the point (a peer maps the same pages). Concurrent modification by that peer is
         // expected and is why callers reach the memory through raw pointers or volatile accessors.
@@ -424,6 +463,23 @@ mod tests {
         // SAFETY: mapping our own memfd read-only; it stays open for the mapping's lifetime.
         let other = unsafe { MmapOptions::new().len(mem.len()).map(mem.file()) }.unwrap();
         assert_eq!(other[5], 0xab);
+    }
+
+    #[test]
+    fn regions_are_sealed_against_resizing_unless_asked_not_to() {
+        let seals = |m: &SharedMemory| {
+            // SAFETY: F_GET_SEALS takes no argument; the fd is open.
+            unsafe { libc::fcntl(m.fd(), libc::F_GET_SEALS) }
+        };
+        let mem = SharedMemory::new("test-sealed", 8192, HugePolicy::Never).unwrap();
+        assert_eq!(
+            seals(&mem) & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+        );
+        assert!(mem.file().set_len(4096).is_err(), "a sealed file shrank");
+        assert!(mem.file().set_len(1 << 20).is_err(), "a sealed file grew");
+        let open = SharedMemory::new_unsealed("test-unsealed", 8192, HugePolicy::Never).unwrap();
+        assert_eq!(seals(&open) & libc::F_SEAL_SHRINK, 0);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! mac_aging_secs = 300
 //! pmd_max_sleep_us = 0
 //! max_frame_len = 9234        # longest frame without TSO
+//! allow_unsealed_memory = false  # accept shmem memfds without F_SEAL_SHRINK
+//! max_guest_memory = "64G"       # per memory table (default: the host's MemTotal)
 //! [[port]]
 //! name = "vm1"
 //! type = "vhost-user"        # or "tap"
@@ -67,6 +69,8 @@ pub struct FileConfig {
     pub pmd_max_sleep_us: Option<u64>,
     /// Longest frame without TSO (bytes, Ethernet header included).
     pub max_frame_len: Option<u32>,
+    pub allow_unsealed_memory: Option<bool>,
+    pub max_guest_memory: Option<crate::guest_mem::ByteSize>,
     #[serde(default)]
     pub port: Vec<PortConfig>,
 }
@@ -130,12 +134,13 @@ mod tests {
         let path = dir.join("vswitch.toml");
         std::fs::write(
             &path,
-            "pmd_cores = [1]\nmac_aging_secs = 60\n[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsocket = \"/tmp/a.sock\"\n[[port]]\nname = \"up\"\ntype = \"tap\"\nifname = \"tap9\"\n",
+            "pmd_cores = [1]\nmac_aging_secs = 60\nmax_guest_memory = \"2G\"\n[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsocket = \"/tmp/a.sock\"\n[[port]]\nname = \"up\"\ntype = \"tap\"\nifname = \"tap9\"\n",
         )
         .unwrap();
         let cfg = FileConfig::load(&path).unwrap();
         assert_eq!(cfg.pmd_cores, Some(vec![1]));
         assert_eq!(cfg.port.len(), 2);
+        assert_eq!(cfg.max_guest_memory.map(|b| b.0), Some(2 << 30));
         assert_eq!(cfg.port[1].ifname.as_deref(), Some("tap9"));
         std::fs::write(&path, "[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\n").unwrap();
         assert!(matches!(

@@ -14,6 +14,7 @@ pub mod offload;
 pub mod pmd;
 pub mod render;
 pub mod sg;
+pub mod sigbus;
 pub mod stats;
 pub mod switch;
 pub mod tap;

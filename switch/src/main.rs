@@ -66,6 +66,13 @@ struct RunArgs {
     /// MTU plus Ethernet and VLAN headers); longer frames are dropped and counted as too_long.
     #[arg(long)]
     max_frame_len: Option<u32>,
+    /// Accept shmem memfds not sealed against shrinking (the VMM could truncate them; that port's
+    /// session then ends).
+    #[arg(long)]
+    allow_unsealed_memory: bool,
+    /// Most bytes one port's memory table may map, e.g. 8G (default: the host's memory).
+    #[arg(long, value_name = "BYTES|NG", value_parser = switch::guest_mem::parse_bytes)]
+    max_guest_memory: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +209,9 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
                 .or(file.max_frame_len)
                 .unwrap_or(switch::datapath::DEFAULT_MAX_FRAME),
         },
+        allow_unsealed_memory: args.allow_unsealed_memory
+            || file.allow_unsealed_memory.unwrap_or(false),
+        max_guest_memory: args.max_guest_memory.or(file.max_guest_memory.map(|b| b.0)),
     };
     let ctl_path = args
         .ctl

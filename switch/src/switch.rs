@@ -16,6 +16,7 @@ use crate::datapath::{
     MAX_PORTS,
 };
 use crate::fdb::Fdb;
+use crate::guest_mem::{GuestMemory, MemoryPolicy};
 use crate::pmd::{PmdError, PmdHandle};
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
@@ -31,6 +32,10 @@ pub struct SwitchConfig {
     pub pmd_max_sleep_us: u64,
     /// Datapath limits (longest frame).
     pub limits: Limits,
+    /// Accept shmem memfds not sealed against shrinking (see `guest_mem::MemoryPolicy`).
+    pub allow_unsealed_memory: bool,
+    /// Most bytes one memory table may map (None: the host's MemTotal).
+    pub max_guest_memory: Option<u64>,
 }
 
 impl Default for SwitchConfig {
@@ -40,6 +45,8 @@ impl Default for SwitchConfig {
             mac_aging_secs: crate::fdb::DEFAULT_AGING_SECS,
             pmd_max_sleep_us: 0,
             limits: Limits::default(),
+            allow_unsealed_memory: false,
+            max_guest_memory: None,
         }
     }
 }
@@ -91,6 +98,8 @@ pub struct PortQueues {
     pub to_guest: Vec<(u16, Arc<QueueRt>)>,
     /// (queue pair, ring) for the guest's tx rings (the switch polls).
     pub from_guest: Vec<(u16, Arc<QueueRt>)>,
+    /// The memory table the rings live in (housekeeping watches it for SIGBUS faults).
+    pub mem: Option<Arc<GuestMemory>>,
 }
 
 /// What a port's frontend negotiated, for display.
@@ -194,6 +203,7 @@ pub struct SwitchCore {
     pmds: Vec<PmdHandle>,
     started: Instant,
     limits: Limits,
+    mem_policy: MemoryPolicy,
 }
 
 impl SwitchCore {
@@ -229,7 +239,18 @@ impl SwitchCore {
             pmds,
             started: Instant::now(),
             limits: cfg.limits,
+            mem_policy: MemoryPolicy {
+                allow_unsealed: cfg.allow_unsealed_memory,
+                max_bytes: cfg
+                    .max_guest_memory
+                    .unwrap_or_else(crate::guest_mem::host_mem_total),
+            },
         }))
+    }
+
+    /// What memory tables the ports accept.
+    pub fn memory_policy(&self) -> MemoryPolicy {
+        self.mem_policy
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -674,6 +695,17 @@ impl SwitchCore {
                 .max()
                 .unwrap_or(0);
             if let Some(e) = st.ports.get_mut(&name) {
+                // A SIGBUS in this port's memory (the VMM truncated its file): the backstop made
+                // the switch survive; end the session so the rings stop reading zero pages.
+                if e.queues.mem.as_ref().is_some_and(|m| m.take_fault()) {
+                    let msg = "guest memory lost (file truncated?); session closed";
+                    tracing::warn!("port {name}: {msg}");
+                    e.protocol_errors += 1;
+                    e.last_protocol_error = msg.to_string();
+                    if let Some(r) = &e.runner {
+                        r.disconnect();
+                    }
+                }
                 if errors > e.errors_logged {
                     let what = chain_error_from_code(last)
                         .map_or("bad frame".to_string(), |c| c.to_string());

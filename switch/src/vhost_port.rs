@@ -193,6 +193,7 @@ impl VhostPortBackend {
             mrg_rxbuf: self.features & VIRTIO_NET_F_MRG_RXBUF != 0,
             to_guest: Vec::new(),
             from_guest: Vec::new(),
+            mem: None,
         };
         for (i, v) in self.vrings.iter().enumerate() {
             if let Some(a) = &v.active {
@@ -202,6 +203,9 @@ impl VhostPortBackend {
                     q.from_guest.push(((i / 2) as u16, a.clone()));
                 }
             }
+        }
+        if !q.to_guest.is_empty() || !q.from_guest.is_empty() {
+            q.mem = self.mem.clone();
         }
         q
     }
@@ -378,7 +382,7 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
                 r.mmap_offset
             );
         }
-        let mem = GuestMemory::map(&regions, files)
+        let mem = GuestMemory::map(&regions, files, &self.core.memory_policy())
             .map_err(|e| req_err(format!("memory table refused: {e}")))?;
         for v in self.vrings.iter_mut() {
             v.dirty = true;
@@ -694,6 +698,14 @@ impl PortRunner {
             socket: socket.to_path_buf(),
             mode,
         })
+    }
+
+    /// Ends the current session (if any) but not the thread: a server port waits for the next
+    /// connection, a client port reconnects.
+    pub fn disconnect(&self) {
+        if let Some(s) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Ends the session (if any) and the thread; removes a server socket.

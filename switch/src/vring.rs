@@ -466,12 +466,13 @@ impl DeviceRing {
             if segs.total() + d.len as u64 > max_len {
                 return Err(ChainError::TooLong);
             }
-            let ptr = self
-                .mem
-                .translate(d.addr, d.len as u64)
-                .ok_or(ChainError::BadAddress)?;
-            if !segs.push(ptr, d.len) {
-                return Err(ChainError::TooManySegments);
+            match self.mem.translate(d.addr, d.len as u64) {
+                Some(ptr) => {
+                    if !segs.push(ptr, d.len) {
+                        return Err(ChainError::TooManySegments);
+                    }
+                }
+                None => self.push_split(d.addr, d.len, segs)?,
             }
             if d.flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(segs.total());
@@ -480,6 +481,22 @@ impl DeviceRing {
             if idx >= table_len {
                 return Err(ChainError::BadIndex);
             }
+        }
+    }
+
+    /// A buffer that crosses from one region into the next (contiguous in guest physical
+    /// space): one segment per region.
+    #[cold]
+    fn push_split(&self, addr: u64, len: u32, segs: &mut SegList) -> Result<(), ChainError> {
+        let mut full = false;
+        let mapped = self.mem.translate_split(addr, len, |ptr, n| {
+            full = !segs.push(ptr, n);
+            !full
+        });
+        match (mapped, full) {
+            (_, true) => Err(ChainError::TooManySegments),
+            (false, _) => Err(ChainError::BadAddress),
+            (true, false) => Ok(()),
         }
     }
 
@@ -565,7 +582,8 @@ pub(crate) mod tests {
                 user_addr: VA,
                 mmap_offset: 0,
             };
-            let mem = Arc::new(GuestMemory::map(&[region], vec![file]).unwrap());
+            let mem =
+                Arc::new(GuestMemory::map(&[region], vec![file], &Default::default()).unwrap());
             let base = mem.translate(0, 1).unwrap();
             TestGuest {
                 mem,

@@ -43,6 +43,7 @@ fn side(name: &str) -> Side {
                 mmap_offset: r.mmap_offset,
             }],
             vec![file],
+            &Default::default(),
         )
         .unwrap(),
     );

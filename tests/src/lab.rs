@@ -36,16 +36,22 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(tag: &str, ports: &[&str]) -> Self {
+        Self::with_config(tag, ports, |_| {})
+    }
+
+    /// A lab whose switch settings `tweak` adjusts first.
+    pub fn with_config(tag: &str, ports: &[&str], tweak: impl FnOnce(&mut SwitchConfig)) -> Self {
         let scratch = Scratch::new(tag);
         let pmd = *switch::pmd::available_cores().last().unwrap();
-        let core = SwitchCore::new(&SwitchConfig {
+        let mut cfg = SwitchConfig {
             pmd_cores: vec![pmd],
             mac_aging_secs: 300,
             // Tests share two cores with each other: let idle PMDs sleep a little.
             pmd_max_sleep_us: 200,
             ..Default::default()
-        })
-        .unwrap();
+        };
+        tweak(&mut cfg);
+        let core = SwitchCore::new(&cfg).unwrap();
         let lab = Lab { core, scratch };
         for p in ports {
             lab.add(p);
