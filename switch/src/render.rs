@@ -167,6 +167,12 @@ pub fn rings_table(rows: &[RingRow]) -> String {
             st.used_flags,
             st.event_idx
         );
+        if r.broken {
+            let _ = writeln!(
+                s,
+                "     BROKEN: the driver moved its avail index by more than the queue size; not polled until it resets the ring"
+            );
+        }
     }
     if rows.is_empty() {
         s.push_str("(no active rings)\n");

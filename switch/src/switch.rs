@@ -186,6 +186,8 @@ pub struct RingRow {
     pub direction: &'static str,
     #[serde(flatten)]
     pub state: crate::vring::RingState,
+    /// The driver broke the ring (an avail index that jumped); it is not polled until reset.
+    pub broken: bool,
 }
 
 /// One learned MAC for `fdb`.
@@ -647,6 +649,7 @@ impl SwitchCore {
                     queue_pair: *q,
                     direction: dir,
                     state,
+                    broken: ring.is_broken(),
                 });
             }
         }
