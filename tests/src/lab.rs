@@ -36,15 +36,23 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(tag: &str, ports: &[&str]) -> Self {
-        let scratch = Scratch::new(tag);
         let pmd = *switch::pmd::available_cores().last().unwrap();
-        let core = SwitchCore::new(&SwitchConfig {
-            pmd_cores: vec![pmd],
-            mac_aging_secs: 300,
-            // Tests share two cores with each other: let idle PMDs sleep a little.
-            pmd_max_sleep_us: 200,
-        })
-        .unwrap();
+        Self::with_config(
+            tag,
+            ports,
+            &SwitchConfig {
+                pmd_cores: vec![pmd],
+                mac_aging_secs: 300,
+                // Tests share two cores with each other: let idle PMDs sleep a little.
+                pmd_max_sleep_us: 200,
+            },
+        )
+    }
+
+    /// A lab with its own PMD cores and sleep policy.
+    pub fn with_config(tag: &str, ports: &[&str], cfg: &SwitchConfig) -> Self {
+        let scratch = Scratch::new(tag);
+        let core = SwitchCore::new(cfg).unwrap();
         let lab = Lab { core, scratch };
         for p in ports {
             lab.add(p);
