@@ -67,10 +67,13 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// Protocol features every port offers.
+///
+/// Not CONFIG: a net frontend reads its config space from the VMM (QEMU 7.2 logs "backend
+/// supports VHOST_USER_PROTOCOL_F_CONFIG but QEMU does not" for every port that offers it, and
+/// DPDK's backend does not). Not STATUS: the vhost crate (0.18) does not pass SET_STATUS and
+/// GET_STATUS to the backend, so it could not be honoured.
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIG
+    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
 }
 
 /// Names of the feature bits we know, for `ports` output.
@@ -472,19 +475,14 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
 
     fn get_config(
         &mut self,
-        offset: u32,
-        size: u32,
+        _offset: u32,
+        _size: u32,
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
-        // struct virtio_net_config: mac[6], status (LINK_UP), max_virtqueue_pairs, mtu.
-        let mut cfg = [0u8; 12];
-        cfg[6..8].copy_from_slice(&1u16.to_le_bytes());
-        cfg[8..10].copy_from_slice(&(MAX_QUEUE_PAIRS as u16).to_le_bytes());
-        cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
-        let end = offset.checked_add(size).ok_or(VuError::InvalidParam)? as usize;
-        cfg.get(offset as usize..end)
-            .map(<[u8]>::to_vec)
-            .ok_or(VuError::InvalidParam)
+        // Unreachable while CONFIG is not offered (the vhost crate checks the protocol feature).
+        Err(VuError::InvalidOperation(
+            "the config space belongs to the frontend",
+        ))
     }
 
     fn set_config(
@@ -493,8 +491,9 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
         _buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> VuResult<()> {
-        // The switch has no writable configuration; the MAC belongs to the frontend.
-        Ok(())
+        Err(VuError::InvalidOperation(
+            "the config space belongs to the frontend",
+        ))
     }
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
@@ -851,4 +850,54 @@ fn serve_session(
     *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
     core.session_ended(uid);
     tracing::info!("port {name}: frontend disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_refuses_a_non_socket_and_replaces_only_a_stale_socket() {
+        let dir = std::env::temp_dir().join(format!("switchyard-listen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let file = dir.join("precious.img");
+        std::fs::write(&file, b"data").unwrap();
+        let e = listen(&file).unwrap_err();
+        assert!(matches!(e, PortError::NotASocket { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("is a regular file, not a socket"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"data",
+            "the file was touched"
+        );
+
+        let sub = dir.join("subdir");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(
+            matches!(listen(&sub), Err(PortError::NotASocket { kind, .. }) if kind == "a directory")
+        );
+        assert!(sub.is_dir());
+
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(
+            matches!(listen(&link), Err(PortError::NotASocket { kind, .. }) if kind == "a symbolic link")
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+
+        // A live socket is in use; a stale one (nobody accepts) is replaced.
+        let sock = dir.join("port.sock");
+        let live = listen(&sock).unwrap();
+        assert!(matches!(listen(&sock), Err(PortError::SocketInUse(_))));
+        drop(live);
+        let again = listen(&sock).unwrap();
+        assert!(UnixStream::connect(&sock).is_ok());
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
