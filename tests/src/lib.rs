@@ -3,6 +3,7 @@
 //! requirement is missing.
 
 pub mod lab;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
