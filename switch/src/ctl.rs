@@ -4,10 +4,11 @@
 //! set; every response has `ok`, and either `error` or `data` (machine-readable) plus `text`
 //! (the table a person reads).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,14 @@ use serde::{Deserialize, Serialize};
 use crate::fdb::parse_mac;
 use crate::switch::{PortKind, SwitchCore};
 use crate::vhost_port::Mode;
+
+/// Longest request line the control socket accepts; a longer one is answered with an error and
+/// the connection closed.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Control clients served at once; one more is told to try again.
+pub const MAX_CLIENTS: usize = 8;
+/// How long a client may take to send its request or to read the reply.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A control request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -176,25 +185,61 @@ impl CtlServer {
         })
     }
 
+    /// Serves clients, each on its own thread (at most [`MAX_CLIENTS`] at a time), until `stop`.
+    /// Returns once every client thread has finished (each is bounded by [`IO_TIMEOUT`]).
     pub fn serve(&self, core: &Arc<SwitchCore>, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    // Clients are served one at a time (requests are short); a stuck client is
-                    // cut off by the read timeout in handle_client.
-                    if handle_client(core, stream) {
-                        stop.store(true, Ordering::SeqCst);
+        let active = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            while !stop.load(Ordering::SeqCst) {
+                match self.listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                            active.fetch_sub(1, Ordering::SeqCst);
+                            // Answered here without reading: the write timeout bounds it.
+                            reply(
+                                stream,
+                                &Response::err(format!(
+                                    "the switch is serving {MAX_CLIENTS} control clients \
+                                     already; try again"
+                                )),
+                            );
+                            continue;
+                        }
+                        let (active, core) = (&active, core);
+                        let spawned = std::thread::Builder::new()
+                            .name("ctl-client".into())
+                            .spawn_scoped(scope, move || {
+                                if handle_client(core, stream) {
+                                    stop.store(true, Ordering::SeqCst);
+                                }
+                                active.fetch_sub(1, Ordering::SeqCst);
+                            });
+                        if let Err(e) = spawned {
+                            active.fetch_sub(1, Ordering::SeqCst);
+                            tracing::warn!("cannot start a control client thread: {e}");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Wakes at once for a client; the timeout is how soon a signal's `stop`
+                        // is seen.
+                        let mut fd = libc::pollfd {
+                            fd: self.listener.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one initialised pollfd that lives across the call.
+                        unsafe { libc::poll(&mut fd, 1, 100) };
+                    }
+                    Err(e) => {
+                        tracing::warn!("control socket accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => {
-                    tracing::warn!("control socket accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
             }
-        }
+        });
     }
 }
 
@@ -204,19 +249,46 @@ impl Drop for CtlServer {
     }
 }
 
+/// Reads one request line of at most `max` bytes (newline excluded). `Ok(None)`: the client
+/// sent more than `max` bytes without a newline.
+fn read_request(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    reader.take(max as u64 + 1).read_until(b'\n', &mut line)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > max {
+        return Ok(None);
+    }
+    Ok(Some(line))
+}
+
+fn reply(mut stream: UnixStream, resp: &Response) {
+    let mut out = serde_json::to_string(resp).expect("responses serialize");
+    out.push('\n');
+    let _ = stream.write_all(out.as_bytes());
+}
+
 /// Handles one client; returns true when it asked the switch to shut down.
 fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream) -> bool {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return false,
     });
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return false;
-    }
-    let (resp, shutdown) = match serde_json::from_str::<Request>(&line) {
+    let line = match read_request(&mut reader, MAX_REQUEST) {
+        Ok(Some(line)) => line,
+        Ok(None) => {
+            reply(
+                stream,
+                &Response::err(format!(
+                    "request longer than {MAX_REQUEST} bytes; closing the connection"
+                )),
+            );
+            return false;
+        }
+        // Nothing within the read timeout, or the client went away.
+        Err(_) => return false,
+    };
+    let (resp, shutdown) = match serde_json::from_slice::<Request>(&line) {
         Ok(Request::Shutdown) => (
             Response::ok(serde_json::Value::Null, "vswitch is shutting down\n".into()),
             true,
@@ -224,10 +296,7 @@ fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream) -> bool {
         Ok(req) => (execute(core, req), false),
         Err(e) => (Response::err(format!("bad request: {e}")), false),
     };
-    let mut out = serde_json::to_string(&resp).expect("responses serialize");
-    out.push('\n');
-    let mut stream = stream;
-    let _ = stream.write_all(out.as_bytes());
+    reply(stream, &resp);
     shutdown
 }
 
@@ -362,5 +431,95 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
             format!("vswitch {}\n", env!("CARGO_PKG_VERSION")),
         ),
         Request::Shutdown => Response::ok(serde_json::Value::Null, String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::SwitchConfig;
+    use std::io::Read;
+    use std::time::Instant;
+
+    fn serve_for_test(tag: &str, f: impl FnOnce(&Path)) {
+        let dir = std::env::temp_dir().join(format!("switchyard-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ctl.sock");
+        let core = SwitchCore::new(&SwitchConfig {
+            pmd_cores: vec![crate::pmd::available_cores()[0]],
+            mac_aging_secs: 300,
+            pmd_max_sleep_us: 200,
+            ..Default::default()
+        })
+        .unwrap();
+        let server = CtlServer::bind(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| server.serve(&core, &stop));
+            f(&path);
+            stop.store(true, Ordering::SeqCst);
+        });
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn read_reply(s: &mut UnixStream) -> Response {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn an_oversized_request_is_refused_and_the_connection_closed() {
+        serve_for_test("big", |path| {
+            let mut s = UnixStream::connect(path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // A request just over the limit, still without its newline.
+            let _ = s.write_all(&vec![b' '; MAX_REQUEST + 1]);
+            let r = read_reply(&mut s);
+            assert!(!r.ok);
+            assert!(r.error.unwrap().contains("longer than 65536 bytes"));
+            let mut rest = Vec::new();
+            assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "not closed");
+            // A request of exactly the limit is read (and rejected as JSON, not for size).
+            let mut s = UnixStream::connect(path).unwrap();
+            let mut req = vec![b' '; MAX_REQUEST - 18];
+            req.extend_from_slice(b"{\"cmd\":\"version\"}\n");
+            s.write_all(&req).unwrap();
+            assert!(read_reply(&mut s).ok);
+        });
+    }
+
+    #[test]
+    fn silent_clients_do_not_block_others_and_extra_clients_are_told_to_retry() {
+        serve_for_test("idle", |path| {
+            let idle: Vec<UnixStream> = (0..MAX_CLIENTS - 1)
+                .map(|_| UnixStream::connect(path).unwrap())
+                .collect();
+            // One that sends half a request and never reads.
+            let mut half = UnixStream::connect(path).unwrap();
+            half.write_all(b"{\"cmd\":").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            // Every slot is taken: the next client hears so at once.
+            let t = Instant::now();
+            let r = call(path, &Request::Version).unwrap();
+            assert!(!r.ok && r.error.unwrap().contains("try again"));
+            assert!(t.elapsed() < Duration::from_secs(1));
+            drop(idle);
+            drop(half);
+            // Freed slots are reused; requests are answered while the switch keeps serving.
+            let t = Instant::now();
+            while !call(path, &Request::Version).is_ok_and(|r| r.ok) {
+                assert!(t.elapsed() < Duration::from_secs(5), "slots not freed");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let still_idle = UnixStream::connect(path).unwrap();
+            let t = Instant::now();
+            for _ in 0..20 {
+                assert!(call(path, &Request::Ports).unwrap().ok);
+            }
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            drop(still_idle);
+        });
     }
 }

@@ -192,8 +192,13 @@ pub fn poll(
     let base = rx.mem.as_ptr();
     let mut n = 0;
     let mut union = 0u64;
-    let (mut rx_packets, mut rx_bytes, mut errors) = (0u64, 0u64, 0u64);
-    while n < BURST {
+    let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+    let (mut runts, mut too_long) = (0u64, 0u64);
+    // Rejected frames do not fill the burst, so the reads are bounded separately: a flood of
+    // bad frames costs at most this many reads per poll.
+    let mut reads = 0;
+    while n < BURST && reads < 2 * BURST {
+        reads += 1;
         // SAFETY: slot n lies inside `mem` (at least SLOT * BURST bytes), which we hold
         // exclusively (nobody else maps it).
         let slot = unsafe { base.add(n * SLOT) };
@@ -204,7 +209,13 @@ pub fn poll(
         }
         let got = got as usize;
         if got < TAP_HDR_LEN + 14 {
-            errors += 1;
+            runts += 1;
+            continue;
+        }
+        if got == SLOT {
+            // The read filled the slot: the kernel truncated a frame longer than any we accept
+            // (SLOT is above the largest header + GSO frame).
+            too_long += 1;
             continue;
         }
         let p: &mut Pkt = &mut ws.pkts[n];
@@ -237,12 +248,14 @@ pub fn poll(
     let pc = &fwd.counters.ports[port as usize];
     pc.rx_packets.add(rx_packets);
     pc.rx_bytes.add(rx_bytes);
-    if errors > 0 {
-        pc.error(ChainError::Runt, errors);
-        fwd.counters.last_error[port as usize].store(
-            crate::datapath::error_code(ChainError::Runt),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    for (why, count) in [(ChainError::Runt, runts), (ChainError::TooLong, too_long)] {
+        if count > 0 {
+            pc.error(why, count);
+            fwd.counters.last_error[port as usize].store(
+                crate::datapath::error_code(why),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
     n
 }

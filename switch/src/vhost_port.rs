@@ -9,12 +9,13 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
@@ -25,6 +26,7 @@ use vhost::vhost_user::{
     BackendReqHandler, Error as VuError, GpuBackend, VhostUserBackendReqHandlerMut,
 };
 use vhost::VhostUserMemoryRegionBase;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::datapath::QueueRt;
 use crate::guest_mem::{GuestMemory, RegionDesc};
@@ -65,10 +67,13 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// Protocol features every port offers.
+///
+/// Not CONFIG: a net frontend reads its config space from the VMM (QEMU 7.2 logs "backend
+/// supports VHOST_USER_PROTOCOL_F_CONFIG but QEMU does not" for every port that offers it, and
+/// DPDK's backend does not). Not STATUS: the vhost crate (0.18) does not pass SET_STATUS and
+/// GET_STATUS to the backend, so it could not be honoured.
 pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIG
+    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
 }
 
 /// Names of the feature bits we know, for `ports` output.
@@ -503,19 +508,14 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
 
     fn get_config(
         &mut self,
-        offset: u32,
-        size: u32,
+        _offset: u32,
+        _size: u32,
         _flags: VhostUserConfigFlags,
     ) -> VuResult<Vec<u8>> {
-        // struct virtio_net_config: mac[6], status (LINK_UP), max_virtqueue_pairs, mtu.
-        let mut cfg = [0u8; 12];
-        cfg[6..8].copy_from_slice(&1u16.to_le_bytes());
-        cfg[8..10].copy_from_slice(&(MAX_QUEUE_PAIRS as u16).to_le_bytes());
-        cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
-        let end = offset.checked_add(size).ok_or(VuError::InvalidParam)? as usize;
-        cfg.get(offset as usize..end)
-            .map(<[u8]>::to_vec)
-            .ok_or(VuError::InvalidParam)
+        // Unreachable while CONFIG is not offered (the vhost crate checks the protocol feature).
+        Err(VuError::InvalidOperation(
+            "the config space belongs to the frontend",
+        ))
     }
 
     fn set_config(
@@ -524,8 +524,9 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
         _buf: &[u8],
         _flags: VhostUserConfigFlags,
     ) -> VuResult<()> {
-        // The switch has no writable configuration; the MAC belongs to the frontend.
-        Ok(())
+        Err(VuError::InvalidOperation(
+            "the config space belongs to the frontend",
+        ))
     }
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VuResult<()> {
@@ -652,11 +653,17 @@ pub enum PortError {
     },
     #[error("cannot start the session thread for port {0}")]
     Thread(String, #[source] io::Error),
+    #[error("{path} exists and is {kind}, not a socket; remove it or choose another path")]
+    NotASocket { path: PathBuf, kind: &'static str },
+    #[error("cannot create the wake-up eventfd of a port's session thread")]
+    Wake(#[source] io::Error),
 }
 
 /// The thread serving one port's sessions; stopped when the port is deleted.
 pub struct PortRunner {
     stop: Arc<AtomicBool>,
+    /// Written by [`PortRunner::stop`]: wakes the thread out of accept or a retry wait at once.
+    wake: Arc<EventFd>,
     conn: Arc<Mutex<Option<UnixStream>>>,
     join: Option<JoinHandle<()>>,
     socket: PathBuf,
@@ -673,13 +680,15 @@ impl PortRunner {
         mode: Mode,
     ) -> Result<Self, PortError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(PortError::Wake)?);
         let conn: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let listener = match mode {
             Mode::Server => Some(listen(socket)?),
             Mode::Client => None,
         };
-        let (t_stop, t_conn, t_socket, t_name) = (
+        let (t_stop, t_wake, t_conn, t_socket, t_name) = (
             stop.clone(),
+            wake.clone(),
             conn.clone(),
             socket.to_path_buf(),
             name.to_string(),
@@ -687,12 +696,13 @@ impl PortRunner {
         let join = std::thread::Builder::new()
             .name(format!("vu-{name}"))
             .spawn(move || match listener {
-                Some(l) => serve_listener(&core, uid, &t_name, l, &t_stop, &t_conn),
-                None => serve_client(&core, uid, &t_name, &t_socket, &t_stop, &t_conn),
+                Some(l) => serve_listener(&core, uid, &t_name, l, &t_stop, &t_wake, &t_conn),
+                None => serve_client(&core, uid, &t_name, &t_socket, &t_stop, &t_wake, &t_conn),
             })
             .map_err(|e| PortError::Thread(name.to_string(), e))?;
         Ok(PortRunner {
             stop,
+            wake,
             conn,
             join: Some(join),
             socket: socket.to_path_buf(),
@@ -711,6 +721,7 @@ impl PortRunner {
     /// Ends the session (if any) and the thread; removes a server socket.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
         if let Some(s) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -723,13 +734,24 @@ impl PortRunner {
     }
 }
 
+/// Binds a server socket. Only a stale socket (one nobody accepts on) is replaced; any other
+/// file at the path is refused rather than deleted.
 fn listen(path: &Path) -> Result<UnixListener, PortError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(PortError::SocketInUse(path.to_path_buf()));
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(PortError::SocketInUse(path.to_path_buf()));
+            }
+            // A stale socket from a previous run.
+            let _ = std::fs::remove_file(path);
         }
-        // A stale socket from a previous run.
-        let _ = std::fs::remove_file(path);
+        Ok(meta) => {
+            return Err(PortError::NotASocket {
+                path: path.to_path_buf(),
+                kind: file_kind(&meta.file_type()),
+            })
+        }
+        Err(_) => {}
     }
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -746,12 +768,55 @@ fn listen(path: &Path) -> Result<UnixListener, PortError> {
     Ok(l)
 }
 
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device node"
+    } else {
+        "not a socket"
+    }
+}
+
+/// Waits until `fd` is readable, `wake` is written, or `timeout_ms` passes (-1: no timeout).
+/// Returns true when `fd` is readable.
+fn wait_readable(fd: RawFd, wake: &EventFd, timeout_ms: i32) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // With no fd to watch (client mode's retry wait) only the wake fd counts.
+    let (ptr, n) = if fd < 0 {
+        (fds[1..].as_mut_ptr(), 1)
+    } else {
+        (fds.as_mut_ptr(), 2)
+    };
+    // SAFETY: `ptr` points at `n` initialised pollfd structs that live across the call.
+    let r = unsafe { libc::poll(ptr, n, timeout_ms) };
+    r > 0 && fd >= 0 && fds[0].revents != 0
+}
+
 fn serve_listener(
     core: &Arc<SwitchCore>,
     uid: u64,
     name: &str,
     listener: UnixListener,
     stop: &AtomicBool,
+    wake: &EventFd,
     conn: &Mutex<Option<UnixStream>>,
 ) {
     while !stop.load(Ordering::SeqCst) {
@@ -761,11 +826,12 @@ fn serve_listener(
                 serve_session(core, uid, name, stream, stop, conn);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
+                // Wakes the moment a frontend connects or the port is deleted.
+                wait_readable(listener.as_raw_fd(), wake, -1);
             }
             Err(e) => {
                 tracing::warn!("port {name}: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(200));
+                wait_readable(-1, wake, 200);
             }
         }
     }
@@ -777,6 +843,7 @@ fn serve_client(
     name: &str,
     socket: &Path,
     stop: &AtomicBool,
+    wake: &EventFd,
     conn: &Mutex<Option<UnixStream>>,
 ) {
     let mut waiting_logged = false;
@@ -794,12 +861,7 @@ fn serve_client(
                     );
                     waiting_logged = true;
                 }
-                for _ in 0..10 {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                wait_readable(-1, wake, 1000);
             }
         }
     }
@@ -851,4 +913,54 @@ fn serve_session(
     *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
     core.session_ended(uid);
     tracing::info!("port {name}: frontend disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_refuses_a_non_socket_and_replaces_only_a_stale_socket() {
+        let dir = std::env::temp_dir().join(format!("switchyard-listen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let file = dir.join("precious.img");
+        std::fs::write(&file, b"data").unwrap();
+        let e = listen(&file).unwrap_err();
+        assert!(matches!(e, PortError::NotASocket { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("is a regular file, not a socket"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"data",
+            "the file was touched"
+        );
+
+        let sub = dir.join("subdir");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(
+            matches!(listen(&sub), Err(PortError::NotASocket { kind, .. }) if kind == "a directory")
+        );
+        assert!(sub.is_dir());
+
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(
+            matches!(listen(&link), Err(PortError::NotASocket { kind, .. }) if kind == "a symbolic link")
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+
+        // A live socket is in use; a stale one (nobody accepts) is replaced.
+        let sock = dir.join("port.sock");
+        let live = listen(&sock).unwrap();
+        assert!(matches!(listen(&sock), Err(PortError::SocketInUse(_))));
+        drop(live);
+        let again = listen(&sock).unwrap();
+        assert!(UnixStream::connect(&sock).is_ok());
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -3,6 +3,7 @@
 //! requirement is missing.
 
 pub mod lab;
+pub mod stream;
 pub mod witness;
 
 use std::path::{Path, PathBuf};
