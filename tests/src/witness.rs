@@ -22,6 +22,9 @@ pub struct WitnessReport {
     pub reordered: u64,
     /// Frames whose payload was not what was sent.
     pub corrupt: u64,
+    /// Frames from other ports (broadcast, or unknown unicast flooded by the switch): not the
+    /// stream's, and not counted as its.
+    pub foreign: u64,
     /// Longest time between two deliveries while frames were in flight.
     pub max_gap: Duration,
 }
@@ -135,7 +138,13 @@ fn stream(
             }
         }
         let mut got = 0;
+        // Flooded frames reach the sender too: keep its rx ring drained.
+        tx.recv(|_| {});
         rx.recv(|f| {
+            if f.len() < 18 || f[6..12] != mac(tx_mac) {
+                r.foreign += 1;
+                return;
+            }
             got += 1;
             let seq = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
             if seq == u32::MAX {
