@@ -813,4 +813,101 @@ pub(crate) mod tests {
             Err(RingError::BadSize(6))
         ));
     }
+
+    /// Seeded random descriptor tables (direct, chained, indirect, nested, looping, out of
+    /// range, huge): the walk never panics, ends within its bounds, and every segment it
+    /// returns lies inside guest memory. `WALK_FUZZ_CASES` / `WALK_FUZZ_SEED` change the run.
+    #[test]
+    fn walk_fuzz_never_leaves_guest_memory() {
+        let cases: u64 = std::env::var("WALK_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000);
+        let mut x: u64 = std::env::var("WALK_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x5eed_1234_abcd_0001);
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let g = TestGuest::new(64);
+        let ring = g.ring(false);
+        let base = g.base as usize;
+        let mut segs = SegList::with_capacity(MAX_QUEUE_SIZE as usize);
+        let mut short = SegList::default();
+        let addr = |r: u64| -> u64 {
+            match r % 6 {
+                0 => r >> 8,                      // anywhere
+                1 => MEM as u64 - (r >> 60),      // the very end
+                2 => u64::MAX - (r >> 58),        // wrapping
+                _ => BUFS + (r >> 40) % 0x4_0000, // inside
+            }
+        };
+        let mut outcomes = std::collections::BTreeMap::new();
+        for case in 0..cases {
+            // A random main table, and random indirect tables in the buffer area.
+            for i in 0..64u16 {
+                let r = rnd();
+                let flags = (r & 7) as u16;
+                let len = match r >> 61 {
+                    0 => 0,
+                    1 => u32::MAX,
+                    _ => ((r >> 20) % 5000) as u32,
+                };
+                g.set_desc(i, addr(rnd()), len, flags, ((r >> 40) % 80) as u16);
+            }
+            for k in 0..32u64 {
+                let r = rnd();
+                g.write(
+                    BUFS + 0x8000 + 16 * k,
+                    Desc {
+                        addr: addr(rnd()),
+                        len: ((r >> 20) % 3000) as u32,
+                        flags: (r & 7) as u16,
+                        next: ((r >> 40) % 40) as u16,
+                    },
+                );
+            }
+            if case % 3 == 0 {
+                // Point a descriptor at the indirect area, sometimes misaligned or oversized.
+                let r = rnd();
+                let len = 16 * ((r % 40) as u32) + (r >> 62) as u32;
+                g.set_desc(
+                    (r >> 8) as u16 % 64,
+                    BUFS + 0x8000 + (r >> 50) % 3,
+                    len,
+                    VRING_DESC_F_INDIRECT,
+                    0,
+                );
+            }
+            let head = (rnd() % 70) as u16;
+            let writes = case % 2 == 0;
+            let max_len = if case % 5 == 0 { 9000 } else { u64::MAX };
+            for list in [&mut segs, &mut short] {
+                let r = ring.walk(head, writes, list, max_len);
+                *outcomes.entry(format!("{:?}", r.map(|_| ()))).or_insert(0u64) += 1;
+                if let Ok(total) = r {
+                    assert!(total <= max_len);
+                    let mut sum = 0u64;
+                    for sg in list.segs() {
+                        let (p, l) = (sg.ptr as usize, sg.len as usize);
+                        assert!(l > 0, "case {case}: empty segment");
+                        assert!(
+                            p >= base && p + l <= base + MEM,
+                            "case {case}: segment outside guest memory"
+                        );
+                        sum += l as u64;
+                    }
+                    assert_eq!(sum, total, "case {case}");
+                }
+            }
+        }
+        eprintln!("walk outcomes: {outcomes:?}");
+        // The generator reaches the accepting path and every refusal, not just one of them.
+        assert!(outcomes.len() >= 8, "{outcomes:?}");
+        assert!(outcomes.get("Ok(())").copied().unwrap_or(0) > cases / 100, "{outcomes:?}");
+    }
 }
