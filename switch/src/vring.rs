@@ -888,7 +888,9 @@ pub(crate) mod tests {
             let max_len = if case % 5 == 0 { 9000 } else { u64::MAX };
             for list in [&mut segs, &mut short] {
                 let r = ring.walk(head, writes, list, max_len);
-                *outcomes.entry(format!("{:?}", r.map(|_| ()))).or_insert(0u64) += 1;
+                *outcomes
+                    .entry(format!("{:?}", r.map(|_| ())))
+                    .or_insert(0u64) += 1;
                 if let Ok(total) = r {
                     assert!(total <= max_len);
                     let mut sum = 0u64;
@@ -908,6 +910,9 @@ pub(crate) mod tests {
         eprintln!("walk outcomes: {outcomes:?}");
         // The generator reaches the accepting path and every refusal, not just one of them.
         assert!(outcomes.len() >= 8, "{outcomes:?}");
-        assert!(outcomes.get("Ok(())").copied().unwrap_or(0) > cases / 100, "{outcomes:?}");
+        assert!(
+            outcomes.get("Ok(())").copied().unwrap_or(0) > cases / 100,
+            "{outcomes:?}"
+        );
     }
 }

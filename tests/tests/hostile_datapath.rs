@@ -339,16 +339,15 @@ fn port_security_drops_spoofed_sources_and_caps_learning() {
     let lab = Lab::new("hostile-spoof", &["evil", "a", "b"]);
     let witness = Witness::start(&lab, "a", "b", 1, 2);
     let mut evil = lab.attach("evil");
-    // The flood is addressed to the attacker's own MAC (learned on its port, so dropped there):
-    // it tests learning, not the witness's rx rings.
-    send_all(&mut evil, &[frame(BCAST, mac(9), 0, 64)]);
+    // The flood is addressed to the witness's sender (which only drains its rx ring): it tests
+    // learning, not the witness receiver's rx ring.
     // Off by default: a flood of random sources evicts nobody (a → b stays unicast).
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut random_src = |seq: u32| {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let mut f = frame(mac(9), mac(0), seq, 64);
+        let mut f = frame(mac(1), mac(0), seq, 64);
         f[6..12].copy_from_slice(&(x & 0xfeff_ffff_ffff).to_be_bytes()[2..]);
         f
     };
