@@ -1,6 +1,6 @@
 //! The switches `pktgen compare` measures: each started with one PMD on the same core and two
 //! vhost-user ports in server mode (the switch listens, pktgen connects), torn down on drop.
-//! OVS runs from a private directory under /tmp; the system's OVS is never touched.
+//! OVS runs from a private directory in the run directory; the system's OVS is never touched.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
