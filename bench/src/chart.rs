@@ -1,5 +1,6 @@
 //! A grouped bar chart of `pktgen compare` results as hand-written SVG: one group per frame size,
-//! one bar per switch, height = median received Mpps (Gbit/s written above each bar).
+//! one bar per switch (per switch and generator when there are several generators), height =
+//! median received Mpps (Gbit/s in each bar's tooltip, min–max as a whisker).
 
 use std::fmt::Write;
 
@@ -15,11 +16,22 @@ fn esc(s: &str) -> String {
 
 /// Renders the chart.
 pub fn svg(r: &CompareReport) -> String {
-    let switches: Vec<&str> = {
-        let mut v: Vec<&str> = Vec::new();
+    let several_gens = r
+        .results
+        .iter()
+        .any(|m| m.generator != r.results[0].generator);
+    let label = |m: &crate::compare::Measurement| {
+        if several_gens {
+            format!("{} by {}", m.switch, m.generator)
+        } else {
+            m.switch.clone()
+        }
+    };
+    let switches: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
         for m in &r.results {
-            if !v.contains(&m.switch.as_str()) {
-                v.push(&m.switch);
+            if !v.contains(&label(m)) {
+                v.push(label(m));
             }
         }
         v
@@ -31,7 +43,7 @@ pub fn svg(r: &CompareReport) -> String {
     let max = r
         .results
         .iter()
-        .map(|m| m.rx_mpps)
+        .map(|m| m.rx_mpps.max(m.max_rx_mpps))
         .fold(0.0f64, f64::max)
         .max(0.001);
     let step = nice_step(max / 5.0);
@@ -77,7 +89,7 @@ pub fn svg(r: &CompareReport) -> String {
             let Some(m) = r
                 .results
                 .iter()
-                .find(|m| m.switch == *sw && m.size == *size)
+                .find(|m| label(m) == *sw && m.size == *size)
             else {
                 continue;
             };
@@ -94,6 +106,15 @@ pub fn svg(r: &CompareReport) -> String {
                 m.rx_mpps,
                 m.rx_gbps
             );
+            if m.max_rx_mpps > m.min_rx_mpps {
+                let cx = x + bar_w * 0.46;
+                let y0 = top + plot_h - m.min_rx_mpps / ymax * plot_h;
+                let y1 = top + plot_h - m.max_rx_mpps / ymax * plot_h;
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{cx:.1}" y1="{y0:.1}" x2="{cx:.1}" y2="{y1:.1}" stroke="#222"/>"##
+                );
+            }
             let _ = writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{:.2}</text>"#,
@@ -118,7 +139,7 @@ pub fn svg(r: &CompareReport) -> String {
         top + plot_h
     );
     for (si, sw) in switches.iter().enumerate() {
-        let x = left + si as f64 * 140.0;
+        let x = left + si as f64 * if several_gens { 115.0 } else { 140.0 };
         let y = h - 22.0;
         let _ = writeln!(
             s,
@@ -159,13 +180,18 @@ mod tests {
     fn chart_has_one_bar_per_switch_and_size() {
         let m = |sw: &str, size: usize, mpps: f64| Measurement {
             switch: sw.into(),
+            generator: "pktgen".into(),
             size: SizeMix::Fixed(size),
             samples_rx_mpps: vec![mpps],
             rx_mpps: mpps,
+            min_rx_mpps: mpps,
+            max_rx_mpps: mpps,
             best_rx_mpps: mpps,
+            dir_rx_mpps: vec![mpps],
             rx_gbps: 1.0,
             loss_pct: 0.0,
             latency: None,
+            one_frame_us: None,
         };
         let r = CompareReport {
             schema: "x".into(),
@@ -174,9 +200,13 @@ mod tests {
             samples: 1,
             latency_rate: Rate::Pps(1e5),
             pmd_core: 1,
+            generators: vec!["pktgen".into()],
+            bidir: false,
+            run_dir: "/tmp/x".into(),
             machine: Machine::probe(None, None, 2048),
             switches: vec![SwitchStatus {
                 name: "vswitch".into(),
+                generator: Some("pktgen".into()),
                 status: "measured".into(),
                 reason: None,
             }],
@@ -191,6 +221,18 @@ mod tests {
         let s = svg(&r);
         assert!(s.starts_with("<svg"));
         assert_eq!(s.matches("<title>").count(), 4);
+        // With two generators: one bar per switch and generator, labelled so.
+        let mut r2 = r.clone();
+        for m in r.results.iter() {
+            let mut t = m.clone();
+            t.generator = "testpmd".into();
+            t.min_rx_mpps = m.rx_mpps * 0.5;
+            r2.results.push(t);
+        }
+        let s2 = svg(&r2);
+        assert_eq!(s2.matches("<title>").count(), 8);
+        assert!(s2.contains("vswitch by testpmd"));
+        assert_eq!(s2.matches("stroke=\"#222\"").count(), 4);
         assert!(s.contains("1518 B"));
         assert_eq!(nice_step(2.3), 5.0);
         assert_eq!(nice_step(0.9), 1.0);

@@ -1,9 +1,12 @@
-//! `pktgen compare`: starts each available switch in turn (one PMD on the same core, two
-//! vhost-user ports), measures it with the same trials, and reports medians, ratios of `vswitch`
-//! to each peer, JSON and an SVG chart. Samples are interleaved (switch A, B, C, A, B, C, …) so
-//! machine noise spreads over all of them.
+//! `pktgen compare`: starts each available switch (one PMD on the same core, two vhost-user
+//! ports), drives it with one or both generators — our `pktgen` and DPDK's own virtio-user
+//! generator (`dpdk-testpmd`, [`crate::testpmd_gen`]) — and reports medians with min and max,
+//! ratios of `vswitch` to each peer by each generator, JSON and an SVG chart. Samples are
+//! interleaved (round r: every switch with every generator, then round r+1) so machine noise
+//! spreads over all of them. Every switch start gets its own directory in the run directory,
+//! where the peers' logs stay.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hugepages::HugePolicy;
@@ -14,6 +17,49 @@ use crate::rate::{parse_duration, Rate, SizeList, SizeMix};
 use crate::report::{error_chain, Machine, COMPARE_SCHEMA};
 use crate::run::{AttachConfig, RunError, Session, TrialConfig};
 use crate::stats::LatencySummary;
+use crate::testpmd_gen::{GenConfig, TestpmdGen};
+
+/// Which generator drives the switches.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeneratorArg {
+    /// Our pktgen (stamped frames, loss and latency).
+    Pktgen,
+    /// DPDK's virtio-user generator: dpdk-testpmd io forwarding in a closed loop.
+    Testpmd,
+    /// Both, interleaved.
+    Both,
+}
+
+/// One generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generator {
+    /// Our pktgen.
+    Pktgen,
+    /// dpdk-testpmd with two net_virtio_user ports.
+    Testpmd,
+}
+
+impl Generator {
+    /// Name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::Pktgen => "pktgen",
+            Generator::Testpmd => "testpmd",
+        }
+    }
+}
+
+impl GeneratorArg {
+    /// The generators asked for.
+    pub fn list(self) -> Vec<Generator> {
+        match self {
+            GeneratorArg::Pktgen => vec![Generator::Pktgen],
+            GeneratorArg::Testpmd => vec![Generator::Testpmd],
+            GeneratorArg::Both => vec![Generator::Pktgen, Generator::Testpmd],
+        }
+    }
+}
 
 /// `pktgen compare` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -21,10 +67,10 @@ pub struct CompareArgs {
     /// Frame sizes (with FCS) to measure.
     #[arg(long, default_value = "64,1518")]
     pub sizes: SizeList,
-    /// Length of each throughput trial.
+    /// Length of each throughput trial (after one discarded second).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Throughput samples per switch and size (the median is reported).
+    /// Throughput samples per switch, generator and size (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub samples: usize,
     /// Switches to compare (vswitch, ovs-dpdk, testpmd).
@@ -34,10 +80,22 @@ pub struct CompareArgs {
         default_value = "vswitch,ovs-dpdk,testpmd"
     )]
     pub switches: Vec<String>,
+    /// Generator: our pktgen, DPDK's virtio-user generator (dpdk-testpmd), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub generator: GeneratorArg,
+    /// Extra net_virtio_user devargs for the testpmd generator, e.g. in_order=0,packed_vq=1.
+    #[arg(long, default_value = "")]
+    pub generator_devargs: String,
+    /// Bursts of 32 frames each testpmd port sends first (frames in the loop per direction / 32).
+    #[arg(long, default_value_t = 8)]
+    pub loop_bursts: u32,
+    /// pktgen sends both ways (both ports send; the figure is the sum of both directions).
+    #[arg(long)]
+    pub bidir: bool,
     /// The switches' PMD core.
     #[arg(long, default_value_t = 1)]
     pub pmd_core: usize,
-    /// pktgen's core (also the peers' idle main threads).
+    /// The generator's core (also the peers' idle main threads).
     #[arg(long, default_value_t = 0)]
     pub gen_core: usize,
     /// The vswitch binary (default: next to pktgen, else on PATH).
@@ -46,12 +104,18 @@ pub struct CompareArgs {
     /// Offered rate of the latency trial (unloaded latency).
     #[arg(long, default_value = "100kpps")]
     pub latency_rate: Rate,
-    /// Length of the latency trial.
+    /// Length of the latency trial (and of the one-frame loop).
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub latency_duration: Duration,
+    /// Frames pktgen sends one at a time for the one-frame latency.
+    #[arg(long, default_value_t = 2000)]
+    pub one_frame_count: u32,
     /// Descriptors per virtqueue.
     #[arg(long, default_value_t = 1024)]
     pub queue_size: u16,
+    /// Run directory for the switches' sockets and the peers' logs (default /tmp/pktgen-compare-PID).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
     /// JSON output file.
     #[arg(long, default_value = "compare.json")]
     pub json: PathBuf,
@@ -69,41 +133,67 @@ pub enum CompareError {
     /// Nothing to measure.
     #[error("none of the switches is available")]
     NothingAvailable,
+    /// The run directory could not be made.
+    #[error("cannot create the run directory {0}")]
+    RunDir(PathBuf, #[source] std::io::Error),
     /// Writing an output failed.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] std::io::Error),
 }
 
-/// A switch's status in the comparison.
+/// A switch's status in the comparison, per generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SwitchStatus {
     /// Switch name.
     pub name: String,
+    /// The generator (absent in documents written before generators were added).
+    #[serde(default)]
+    pub generator: Option<String>,
     /// "measured", "skipped" (not installed) or "failed".
     pub status: String,
     /// Why skipped or failed (with the install command when skipped).
     pub reason: Option<String>,
 }
 
-/// Medians of one switch at one size.
+/// Medians of one switch at one size, by one generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     /// Switch name.
     pub switch: String,
+    /// Generator name ("pktgen" in documents written before generators were added).
+    #[serde(default = "pktgen_name")]
+    pub generator: String,
     /// Frame size.
     pub size: SizeMix,
-    /// Received Mpps of each sample.
+    /// Received Mpps of each sample (all directions), in the order taken.
     pub samples_rx_mpps: Vec<f64>,
     /// Median received Mpps.
     pub rx_mpps: f64,
+    /// Smallest sample.
+    #[serde(default)]
+    pub min_rx_mpps: f64,
+    /// Largest sample (same as `best_rx_mpps`).
+    #[serde(default)]
+    pub max_rx_mpps: f64,
     /// Best sample's received Mpps (what the switch does when the machine leaves it alone).
     pub best_rx_mpps: f64,
+    /// Median received Mpps per direction: [A→B] or [A→B, B→A].
+    #[serde(default)]
+    pub dir_rx_mpps: Vec<f64>,
     /// Median received Gbit/s on the wire.
     pub rx_gbps: f64,
-    /// Median loss at maximum offered rate, percent.
+    /// Median loss, percent (pktgen: at maximum offered rate; testpmd: frames that left the loop).
     pub loss_pct: f64,
-    /// Latency at the latency rate.
+    /// Latency at the latency rate (pktgen only).
     pub latency: Option<LatencySummary>,
+    /// One frame alone, µs: pktgen's median one-way latency of frames sent one at a time;
+    /// testpmd's mean trip time with one frame circulating per direction.
+    #[serde(default)]
+    pub one_frame_us: Option<f64>,
+}
+
+fn pktgen_name() -> String {
+    "pktgen".into()
 }
 
 /// vswitch's throughput over a peer's.
@@ -113,6 +203,9 @@ pub struct Ratio {
     pub size: SizeMix,
     /// The peer.
     pub peer: String,
+    /// The generator both were measured with.
+    #[serde(default = "pktgen_name")]
+    pub generator: String,
     /// vswitch rx Mpps / peer rx Mpps.
     pub vswitch_over_peer: f64,
 }
@@ -126,34 +219,82 @@ pub struct CompareReport {
     pub sizes: Vec<SizeMix>,
     /// Trial length, seconds.
     pub duration_s: f64,
-    /// Samples per switch and size.
+    /// Samples per switch, generator and size.
     pub samples: usize,
     /// Offered rate of the latency trial.
     pub latency_rate: Rate,
     /// PMD core of every switch.
     pub pmd_core: usize,
+    /// Generators used.
+    #[serde(default)]
+    pub generators: Vec<String>,
+    /// pktgen sent both ways.
+    #[serde(default)]
+    pub bidir: bool,
+    /// Where the peers' logs are.
+    #[serde(default)]
+    pub run_dir: String,
     /// Where it ran.
     pub machine: Machine,
     /// Every switch asked for.
     pub switches: Vec<SwitchStatus>,
-    /// Medians per switch and size.
+    /// Medians per switch, generator and size.
     pub results: Vec<Measurement>,
-    /// vswitch over each measured peer, per size.
+    /// vswitch over each measured peer, per generator and size.
     pub ratios: Vec<Ratio>,
 }
 
-fn median(v: &[f64]) -> f64 {
+/// Median, min and max of some samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// Median (mean of the middle two for an even count).
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// The spread of `v` (all zero when empty).
+pub fn spread(v: &[f64]) -> Spread {
     if v.is_empty() {
-        return 0.0;
+        return Spread {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0,
+        };
     }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
-    if n % 2 == 1 {
+    let median = if n % 2 == 1 {
         s[n / 2]
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Spread {
+        median,
+        min: s[0],
+        max: s[n - 1],
     }
+}
+
+fn median(v: &[f64]) -> f64 {
+    spread(v).median
+}
+
+/// The order of the measurements: round by round, within a round every switch in turn, each
+/// with every generator (round r: vswitch, OVS, testpmd, then round r+1, …).
+pub fn schedule<S: Copy, G: Copy>(rounds: usize, switches: &[S], gens: &[G]) -> Vec<(usize, S, G)> {
+    let mut v = Vec::with_capacity(rounds * switches.len() * gens.len());
+    for r in 0..rounds {
+        for &s in switches {
+            for &g in gens {
+                v.push((r, s, g));
+            }
+        }
+    }
+    v
 }
 
 fn default_vswitch() -> PathBuf {
@@ -168,21 +309,43 @@ fn default_vswitch() -> PathBuf {
 struct Acc {
     page_kib: usize,
     rx: Vec<f64>,
+    dirs: Vec<Vec<f64>>,
     gbps: Vec<f64>,
     loss: Vec<f64>,
     latency: Option<LatencySummary>,
+    one_frame_us: Option<f64>,
 }
 
-/// Measures every size once; results are added to `acc_out` only when all trials succeeded.
-fn measure_once(
+impl Acc {
+    fn push(&mut self, rx: f64, dirs: &[f64], gbps: f64, loss: f64) {
+        self.rx.push(rx);
+        if self.dirs.len() < dirs.len() {
+            self.dirs.resize(dirs.len(), Vec::new());
+        }
+        for (d, &x) in self.dirs.iter_mut().zip(dirs) {
+            d.push(x);
+        }
+        self.gbps.push(gbps);
+        self.loss.push(loss);
+    }
+}
+
+fn wire_gbps(mpps: f64, size: SizeMix) -> f64 {
+    mpps * 1e6 * (size.mean() + crate::packet::WIRE_OVERHEAD as f64) * 8.0 / 1e9
+}
+
+/// Measures every size once with pktgen; results are added to `acc_out` only when all trials
+/// succeeded.
+fn measure_pktgen(
     kind: SwitchKind,
     a: &CompareArgs,
     peer: &PeerConfig,
+    tag: &str,
     with_latency: bool,
     acc_out: &mut [Acc],
 ) -> Result<(), String> {
     let mut acc = acc_out.to_vec();
-    let running = peers::start(kind, peer).map_err(|e| error_chain(&e))?;
+    let running = peers::start(kind, peer, tag).map_err(|e| error_chain(&e))?;
     let attach = AttachConfig {
         tx_socket: running.sock0.clone(),
         rx_socket: running.sock1.clone(),
@@ -197,67 +360,189 @@ fn measure_once(
     // Let the switch settle (port enable, PMD reload), then warm caches and rings with one
     // discarded second of traffic.
     session.drain_for(Duration::from_millis(300));
-    let warm = TrialConfig {
+    let base = TrialConfig {
         size: a.sizes.0[0],
         rate: Rate::Max,
         duration: Duration::from_secs(1),
         flows: 1,
-        bidir: false,
+        bidir: a.bidir,
         tx_core: Some(a.gen_core),
         rx_core: None,
         progress: false,
         rx_stall_after: None,
     };
-    session.trial(&warm).map_err(|e| error_chain(&e))?;
+    session.trial(&base).map_err(|e| error_chain(&e))?;
     for (i, &size) in a.sizes.0.iter().enumerate() {
         let cfg = TrialConfig {
             size,
-            rate: Rate::Max,
             duration: a.duration,
-            flows: 1,
-            bidir: false,
-            tx_core: Some(a.gen_core),
-            rx_core: None,
-            progress: false,
-            rx_stall_after: None,
+            ..base.clone()
         };
         let r = session.trial(&cfg).map_err(|e: RunError| error_chain(&e))?;
-        let d = &r.directions[0];
+        let dirs: Vec<f64> = r.directions.iter().map(|d| d.rx_mpps).collect();
         eprintln!(
-            "  {:<9} size {:>5}: tx {:7.3} Mpps  rx {:7.3} Mpps  {:6.2} Gbps  loss {:7.3}%",
+            "  {:<9} pktgen  size {:>5}: tx {:7.3} Mpps  rx {:7.3} Mpps ({})  {:6.2} Gbps  loss {:7.3}%",
             kind.name(),
             size.to_string(),
-            d.tx_mpps,
-            d.rx_mpps,
-            d.rx_gbps,
-            d.loss_pct
+            r.directions.iter().map(|d| d.tx_mpps).sum::<f64>(),
+            r.rx_mpps,
+            fmt_dirs(&dirs),
+            r.rx_gbps,
+            r.loss_pct
         );
-        acc[i].rx.push(d.rx_mpps);
-        acc[i].gbps.push(d.rx_gbps);
-        acc[i].loss.push(d.loss_pct);
+        acc[i].push(r.rx_mpps, &dirs, r.rx_gbps, r.loss_pct);
         if with_latency {
             let cfg = TrialConfig {
                 rate: a.latency_rate,
                 duration: a.latency_duration,
+                bidir: false,
                 ..cfg
             };
             let r = session.trial(&cfg).map_err(|e| error_chain(&e))?;
             let l = r.directions[0].latency;
+            let one = session
+                .one_frame(size, a.one_frame_count, Some(a.gen_core))
+                .map_err(|e| error_chain(&e))?;
+            acc[i].one_frame_us = one.map(|l| l.p50_us);
             if let Some(l) = l {
                 eprintln!(
-                    "  {:<9} size {:>5}: latency at {}: p50 {:.2} µs  p99 {:.2} µs  loss {:.3}%",
+                    "  {:<9} pktgen  size {:>5}: latency at {}: p50 {:.2} µs  p99 {:.2} µs  loss {:.3}%; one frame at a time: p50 {}",
                     kind.name(),
                     size.to_string(),
                     a.latency_rate,
                     l.p50_us,
                     l.p99_us,
-                    r.directions[0].loss_pct
+                    r.directions[0].loss_pct,
+                    one.map(|l| format!("{:.2} µs ({} frames)", l.p50_us, l.samples)).unwrap_or_else(|| "none returned".into())
                 );
             }
             acc[i].latency = l;
         }
     }
     drop(session);
+    drop(running);
+    acc_out.clone_from_slice(&acc);
+    Ok(())
+}
+
+fn fmt_dirs(d: &[f64]) -> String {
+    match d {
+        [a] => format!("A→B {a:.3}"),
+        [a, b] => format!("A→B {a:.3} + B→A {b:.3}"),
+        _ => "-".into(),
+    }
+}
+
+/// vswitch's own counters (`vswitch ctl stats --json`) as a one-line summary: which port received
+/// and which sent how much, so a reader sees A→B and B→A and no flooding back.
+fn vswitch_counters(vswitch: &Path, dir: &Path) -> String {
+    let out = std::process::Command::new(vswitch)
+        .arg("ctl")
+        .arg("--ctl")
+        .arg(dir.join("ctl.sock"))
+        .arg("--json")
+        .arg("stats")
+        .output();
+    let Ok(out) = out else {
+        return "vswitch ctl stats failed".into();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    summarize_vswitch_stats(&v).unwrap_or_else(|| {
+        format!(
+            "unreadable vswitch ctl stats: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        )
+    })
+}
+
+fn summarize_vswitch_stats(v: &serde_json::Value) -> Option<String> {
+    let ports = v
+        .get("ports")
+        .and_then(|p| p.as_array())
+        .or_else(|| v.as_array())?;
+    let mut parts = Vec::new();
+    for p in ports {
+        let name = p.get("name")?.as_str()?;
+        let g = |k: &str| p.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        parts.push(format!(
+            "{name} rx {} tx {} tx_dropped {}",
+            g("rx_packets"),
+            g("tx_packets"),
+            g("tx_dropped")
+        ));
+    }
+    Some(parts.join("; "))
+}
+
+/// Measures every size once with DPDK's generator.
+fn measure_testpmd(
+    kind: SwitchKind,
+    a: &CompareArgs,
+    peer: &PeerConfig,
+    tag: &str,
+    with_latency: bool,
+    acc_out: &mut [Acc],
+) -> Result<(), String> {
+    let mut acc = acc_out.to_vec();
+    let running = peers::start(kind, peer, tag).map_err(|e| error_chain(&e))?;
+    let cfg = GenConfig {
+        core: a.gen_core,
+        devargs: a.generator_devargs.clone(),
+        queue_size: a.queue_size,
+        bursts: a.loop_bursts,
+        dir: running.dir().to_path_buf(),
+        prefix: format!("gen-{}-{}", std::process::id(), tag.trim_end_matches('-')),
+    };
+    let mut g =
+        TestpmdGen::start(&cfg, &running.sock0, &running.sock1).map_err(|e| error_chain(&e))?;
+    for (i, &size) in a.sizes.0.iter().enumerate() {
+        if !matches!(size, SizeMix::Fixed(_)) {
+            eprintln!(
+                "  {:<9} testpmd size {:>5}: not measured (testpmd's generator sends fixed sizes)",
+                kind.name(),
+                size.to_string()
+            );
+            continue;
+        }
+        let r = g
+            .throughput(size, a.loop_bursts, a.duration)
+            .map_err(|e| error_chain(&e))?;
+        let dirs = [r.a_to_b_mpps, r.b_to_a_mpps];
+        let gbps = wire_gbps(r.total_mpps(), size);
+        eprintln!(
+            "  {:<9} testpmd size {:>5}: rx {:7.3} Mpps ({})  {:6.2} Gbps  left the loop {:.3}%",
+            kind.name(),
+            size.to_string(),
+            r.total_mpps(),
+            fmt_dirs(&dirs),
+            gbps,
+            r.loss_pct
+        );
+        if kind == SwitchKind::Vswitch {
+            eprintln!(
+                "  {:<9} counters: {}",
+                "",
+                vswitch_counters(&peer.vswitch, running.dir())
+            );
+        }
+        acc[i].push(r.total_mpps(), &dirs, gbps, r.loss_pct);
+        if with_latency {
+            let one = g
+                .one_frame(a.latency_duration)
+                .map_err(|e| error_chain(&e))?;
+            acc[i].one_frame_us = one.one_frame_trip_us();
+            eprintln!(
+                "  {:<9} testpmd size {:>5}: one frame circulating per direction: {} per trip ({:.3} Mpps each way)",
+                kind.name(),
+                size.to_string(),
+                one.one_frame_trip_us()
+                    .map(|u| format!("{u:.2} µs"))
+                    .unwrap_or_else(|| "-".into()),
+                one.total_mpps() / 2.0
+            );
+        }
+    }
+    drop(g);
     drop(running);
     acc_out.clone_from_slice(&acc);
     Ok(())
@@ -270,28 +555,42 @@ pub fn compare(a: &CompareArgs) -> Result<(), CompareError> {
         .iter()
         .map(|s| SwitchKind::parse(s).ok_or_else(|| CompareError::UnknownSwitch(s.clone())))
         .collect::<Result<_, _>>()?;
+    let gens = a.generator.list();
+    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pktgen-compare-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&run_dir).map_err(|e| CompareError::RunDir(run_dir.clone(), e))?;
     let peer = PeerConfig {
         pmd_core: a.pmd_core,
         main_core: a.gen_core,
         vswitch: a.vswitch.clone().unwrap_or_else(default_vswitch),
+        run_dir: run_dir.clone(),
     };
+    let testpmd_gen_ok = peers::which("dpdk-testpmd").is_some();
+    // One status and one accumulator per (switch, generator), in table order.
+    let combos: Vec<(SwitchKind, Generator)> = kinds
+        .iter()
+        .flat_map(|&k| gens.iter().map(move |&g| (k, g)))
+        .collect();
     let mut statuses: Vec<SwitchStatus> = Vec::new();
-    let mut live: Vec<SwitchKind> = Vec::new();
-    for &k in &kinds {
+    let mut live: Vec<(SwitchKind, Generator)> = Vec::new();
+    for &(k, g) in &combos {
+        let status = |status: &str, reason: Option<String>| SwitchStatus {
+            name: k.name().into(),
+            generator: Some(g.name().into()),
+            status: status.into(),
+            reason,
+        };
         match peers::check_available(k, &peer) {
+            Ok(()) if g == Generator::Testpmd && !testpmd_gen_ok => statuses.push(status(
+                "skipped",
+                Some(crate::testpmd_gen::GenError::Missing.to_string()),
+            )),
             Ok(()) => {
-                live.push(k);
-                statuses.push(SwitchStatus {
-                    name: k.name().into(),
-                    status: "measured".into(),
-                    reason: None,
-                });
+                live.push((k, g));
+                statuses.push(status("measured", None));
             }
-            Err(e) => statuses.push(SwitchStatus {
-                name: k.name().into(),
-                status: "skipped".into(),
-                reason: Some(e.to_string()),
-            }),
+            Err(e) => statuses.push(status("skipped", Some(e.to_string()))),
         }
     }
     if live.is_empty() {
@@ -300,48 +599,48 @@ pub fn compare(a: &CompareArgs) -> Result<(), CompareError> {
         }
         return Err(CompareError::NothingAvailable);
     }
-    let mut acc: Vec<Vec<Acc>> = vec![vec![Acc::default(); a.sizes.0.len()]; kinds.len()];
-    for sample in 0..a.samples.max(1) {
-        eprintln!("sample {}/{}", sample + 1, a.samples.max(1));
-        for &k in &kinds {
-            if !live.contains(&k) {
-                continue;
-            }
-            let ki = kinds.iter().position(|&x| x == k).unwrap();
-            let mut outcome = measure_once(k, a, &peer, sample == 0, &mut acc[ki]);
-            if let Err(e) = &outcome {
-                // One retry: a busy machine can make a start-up miss its deadline.
-                eprintln!("  {} failed ({e}); retrying once", k.name());
-                std::thread::sleep(Duration::from_secs(1));
-                outcome = measure_once(k, a, &peer, sample == 0, &mut acc[ki]);
-            }
-            if let Err(e) = outcome {
-                eprintln!("  {} failed: {e}", k.name());
-                live.retain(|&x| x != k);
-                if let Some(s) = statuses.iter_mut().find(|s| s.name == k.name()) {
-                    s.status = "failed".into();
-                    s.reason = Some(e);
-                }
-            }
+    let rounds = a.samples.max(1);
+    let mut acc: Vec<Vec<Acc>> = vec![vec![Acc::default(); a.sizes.0.len()]; combos.len()];
+    let mut last_round = usize::MAX;
+    for (round, k, g) in schedule(rounds, &kinds, &gens) {
+        if round != last_round {
+            eprintln!("round {}/{}", round + 1, rounds);
+            last_round = round;
+        }
+        if !live.contains(&(k, g)) {
+            continue;
+        }
+        let ci = combos.iter().position(|&c| c == (k, g)).expect("listed");
+        let tag = format!("r{}-{}-", round + 1, g.name());
+        let measure = |acc: &mut [Acc], tag: &str| match g {
+            Generator::Pktgen => measure_pktgen(k, a, &peer, tag, round == 0, acc),
+            Generator::Testpmd => measure_testpmd(k, a, &peer, tag, round == 0, acc),
+        };
+        let mut outcome = measure(&mut acc[ci], &tag);
+        if let Err(e) = &outcome {
+            // One retry: a busy machine can make a start-up miss its deadline.
+            eprintln!("  {} ({}) failed ({e}); retrying once", k.name(), g.name());
+            std::thread::sleep(Duration::from_secs(1));
+            outcome = measure(&mut acc[ci], &format!("{tag}retry-"));
+        }
+        if let Err(e) = outcome {
+            eprintln!("  {} ({}) failed: {e}", k.name(), g.name());
+            live.retain(|&x| x != (k, g));
+            statuses[ci].status = "failed".into();
+            statuses[ci].reason = Some(e);
         }
     }
     let mut results = Vec::new();
-    for (ki, &k) in kinds.iter().enumerate() {
-        if statuses[ki].status != "measured" {
+    for (ci, &(k, g)) in combos.iter().enumerate() {
+        if statuses[ci].status != "measured" {
             continue;
         }
         for (si, &size) in a.sizes.0.iter().enumerate() {
-            let c = &acc[ki][si];
-            results.push(Measurement {
-                switch: k.name().into(),
-                size,
-                samples_rx_mpps: c.rx.clone(),
-                rx_mpps: median(&c.rx),
-                best_rx_mpps: c.rx.iter().copied().fold(0.0, f64::max),
-                rx_gbps: median(&c.gbps),
-                loss_pct: median(&c.loss),
-                latency: c.latency,
-            });
+            let c = &acc[ci][si];
+            if c.rx.is_empty() {
+                continue;
+            }
+            results.push(measurement(k.name(), g.name(), size, c));
         }
     }
     let ratios = ratios(&results, &a.sizes.0);
@@ -349,9 +648,12 @@ pub fn compare(a: &CompareArgs) -> Result<(), CompareError> {
         schema: COMPARE_SCHEMA.into(),
         sizes: a.sizes.0.clone(),
         duration_s: a.duration.as_secs_f64(),
-        samples: a.samples.max(1),
+        samples: rounds,
         latency_rate: a.latency_rate,
         pmd_core: a.pmd_core,
+        generators: gens.iter().map(|g| g.name().to_string()).collect(),
+        bidir: a.bidir,
+        run_dir: run_dir.display().to_string(),
         machine: Machine::probe(
             Some(a.gen_core),
             None,
@@ -367,28 +669,57 @@ pub fn compare(a: &CompareArgs) -> Result<(), CompareError> {
     std::fs::write(&a.svg, crate::chart::svg(&report))
         .map_err(|e| CompareError::Write(a.svg.clone(), e))?;
     println!("\nwrote {} and {}", a.json.display(), a.svg.display());
+    println!("run directory (peers' logs): {}", run_dir.display());
     Ok(())
+}
+
+fn measurement(switch: &str, generator: &str, size: SizeMix, c: &Acc) -> Measurement {
+    let s = spread(&c.rx);
+    Measurement {
+        switch: switch.into(),
+        generator: generator.into(),
+        size,
+        samples_rx_mpps: c.rx.clone(),
+        rx_mpps: s.median,
+        min_rx_mpps: s.min,
+        max_rx_mpps: s.max,
+        best_rx_mpps: s.max,
+        dir_rx_mpps: c.dirs.iter().map(|d| median(d)).collect(),
+        rx_gbps: median(&c.gbps),
+        loss_pct: median(&c.loss),
+        latency: c.latency,
+        one_frame_us: c.one_frame_us,
+    }
 }
 
 fn ratios(results: &[Measurement], sizes: &[SizeMix]) -> Vec<Ratio> {
     let mut out = Vec::new();
+    let mut gens: Vec<&str> = Vec::new();
+    for m in results {
+        if !gens.contains(&m.generator.as_str()) {
+            gens.push(&m.generator);
+        }
+    }
     for &size in sizes {
-        let Some(ours) = results
-            .iter()
-            .find(|m| m.switch == "vswitch" && m.size == size)
-        else {
-            continue;
-        };
-        for m in results
-            .iter()
-            .filter(|m| m.switch != "vswitch" && m.size == size)
-        {
-            if m.rx_mpps > 0.0 {
-                out.push(Ratio {
-                    size,
-                    peer: m.switch.clone(),
-                    vswitch_over_peer: ours.rx_mpps / m.rx_mpps,
-                });
+        for &g in &gens {
+            let Some(ours) = results
+                .iter()
+                .find(|m| m.switch == "vswitch" && m.size == size && m.generator == g)
+            else {
+                continue;
+            };
+            for m in results
+                .iter()
+                .filter(|m| m.switch != "vswitch" && m.size == size && m.generator == g)
+            {
+                if m.rx_mpps > 0.0 {
+                    out.push(Ratio {
+                        size,
+                        peer: m.switch.clone(),
+                        generator: g.into(),
+                        vswitch_over_peer: ours.rx_mpps / m.rx_mpps,
+                    });
+                }
             }
         }
     }
@@ -398,10 +729,10 @@ fn ratios(results: &[Measurement], sizes: &[SizeMix]) -> Vec<Ratio> {
 /// The comparison as a Markdown table (readable in a terminal, pasteable into the README).
 pub fn format_report(r: &CompareReport) -> String {
     let mut s = format!(
-        "\n| switch | size | rx Mpps (median of {}) | best Mpps | Gbit/s | loss % | p50 µs | p99 µs | samples Mpps |\n",
+        "\n| switch | generator | size | rx Mpps (median of {}) | min | max | A→B / B→A Mpps | Gbit/s | loss % | p50 µs | p99 µs | 1-frame µs | samples Mpps |\n",
         r.samples
     );
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for m in &r.results {
         let (p50, p99) = m
             .latency
@@ -412,41 +743,58 @@ pub fn format_report(r: &CompareReport) -> String {
             .iter()
             .map(|x| format!("{x:.2}"))
             .collect();
+        let dirs: Vec<String> = m.dir_rx_mpps.iter().map(|x| format!("{x:.3}")).collect();
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.2} | {:.3} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2} | {:.3} | {} | {} | {} | {} |\n",
             m.switch,
+            m.generator,
             m.size,
             m.rx_mpps,
-            m.best_rx_mpps,
+            m.min_rx_mpps,
+            m.max_rx_mpps,
+            if dirs.is_empty() {
+                "-".into()
+            } else {
+                dirs.join(" / ")
+            },
             m.rx_gbps,
             m.loss_pct,
             p50,
             p99,
+            m.one_frame_us
+                .map(|u| format!("{u:.2}"))
+                .unwrap_or_else(|| "-".into()),
             samples.join(" ")
         ));
     }
     if !r.ratios.is_empty() {
+        s.push_str(&ratio_table(r));
         s.push('\n');
         for x in &r.ratios {
             s.push_str(&format!(
-                "- vswitch / {} at {} B: {:.2}x\n",
-                x.peer, x.size, x.vswitch_over_peer
+                "- vswitch / {} at {} B: {:.2}x (by {})\n",
+                x.peer, x.size, x.vswitch_over_peer, x.generator
             ));
         }
     }
     for st in r.switches.iter().filter(|s| s.status != "measured") {
         s.push_str(&format!(
-            "- {} {}: {}\n",
+            "- {} {}{}: {}\n",
             st.status,
             st.name,
+            st.generator
+                .as_deref()
+                .map(|g| format!(" (by {g})"))
+                .unwrap_or_default(),
             st.reason.as_deref().unwrap_or("")
         ));
     }
     s.push_str(&format!(
-        "\nOne PMD on core {}, pktgen on core {}, {} s trials at max rate; latency one-way at {} ({}, load average {:.1} {:.1} {:.1}).\n",
+        "\nOne PMD on core {}, generator on core {}, {} s trials at max rate after one discarded second{}; latency one-way at {} (pktgen); 1-frame: pktgen one frame at a time (median one-way), testpmd one frame circulating per direction (mean trip) ({}, load average {:.1} {:.1} {:.1}).\n",
         r.pmd_core,
         r.machine.tx_core.unwrap_or(0),
         r.duration_s,
+        if r.bidir { ", pktgen both ways" } else { "" },
         r.latency_rate,
         r.machine.cpu_model,
         r.machine.load_avg[0],
@@ -456,30 +804,168 @@ pub fn format_report(r: &CompareReport) -> String {
     s
 }
 
+/// The ratios of both generators side by side: one row per size and peer, one column per
+/// generator.
+fn ratio_table(r: &CompareReport) -> String {
+    let mut gens: Vec<&str> = Vec::new();
+    let mut rows: Vec<(SizeMix, &str)> = Vec::new();
+    for x in &r.ratios {
+        if !gens.contains(&x.generator.as_str()) {
+            gens.push(&x.generator);
+        }
+        if !rows.contains(&(x.size, x.peer.as_str())) {
+            rows.push((x.size, &x.peer));
+        }
+    }
+    let mut s = String::from("\n| size | vswitch / peer |");
+    for g in &gens {
+        s.push_str(&format!(" by {g} |"));
+    }
+    s.push_str("\n|---:|---|");
+    s.push_str(&"---:|".repeat(gens.len()));
+    s.push('\n');
+    for (size, peer) in rows {
+        s.push_str(&format!("| {size} | vswitch / {peer} |"));
+        for g in &gens {
+            match r
+                .ratios
+                .iter()
+                .find(|x| x.size == size && x.peer == peer && x.generator == *g)
+            {
+                Some(x) => s.push_str(&format!(" {:.2}x |", x.vswitch_over_peer)),
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn m(sw: &str, gen: &str, mpps: f64) -> Measurement {
+        let mut acc = Acc::default();
+        acc.push(mpps, &[mpps / 2.0, mpps / 2.0], 1.0, 0.0);
+        measurement(sw, gen, SizeMix::Fixed(64), &acc)
+    }
 
     #[test]
     fn medians_and_ratios() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        let m = |sw: &str, mpps: f64| Measurement {
-            switch: sw.into(),
-            size: SizeMix::Fixed(64),
-            samples_rx_mpps: vec![mpps],
-            rx_mpps: mpps,
-            best_rx_mpps: mpps,
-            rx_gbps: 0.0,
-            loss_pct: 0.0,
-            latency: None,
-        };
         let r = ratios(
-            &[m("vswitch", 10.0), m("ovs-dpdk", 8.0)],
+            &[m("vswitch", "pktgen", 10.0), m("ovs-dpdk", "pktgen", 8.0)],
             &[SizeMix::Fixed(64)],
         );
         assert_eq!(r.len(), 1);
         assert!((r[0].vswitch_over_peer - 1.25).abs() < 1e-9);
+        assert_eq!(r[0].generator, "pktgen");
+    }
+
+    #[test]
+    fn spread_gives_median_min_max() {
+        let s = spread(&[5.0, 1.0, 9.0, 2.0, 4.0]);
+        assert_eq!((s.median, s.min, s.max), (4.0, 1.0, 9.0));
+        let s = spread(&[2.0, 8.0]);
+        assert_eq!((s.median, s.min, s.max), (5.0, 2.0, 8.0));
+        let s = spread(&[]);
+        assert_eq!((s.median, s.min, s.max), (0.0, 0.0, 0.0));
+        // NaN-free inputs in any order give the same spread.
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), spread(&[1.0, 2.0, 3.0]));
+    }
+
+    #[test]
+    fn samples_are_interleaved_round_by_round() {
+        let order = schedule(2, &["vswitch", "ovs", "testpmd"], &["pktgen", "dpdk"]);
+        let names: Vec<String> = order
+            .iter()
+            .map(|(r, s, g)| format!("{r}:{s}/{g}"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "0:vswitch/pktgen",
+                "0:vswitch/dpdk",
+                "0:ovs/pktgen",
+                "0:ovs/dpdk",
+                "0:testpmd/pktgen",
+                "0:testpmd/dpdk",
+                "1:vswitch/pktgen",
+                "1:vswitch/dpdk",
+                "1:ovs/pktgen",
+                "1:ovs/dpdk",
+                "1:testpmd/pktgen",
+                "1:testpmd/dpdk",
+            ]
+        );
+        // Every switch appears once in each round before any switch's next sample.
+        assert!(schedule(0, &[1], &[1]).is_empty());
+    }
+
+    #[test]
+    fn accumulated_samples_give_per_direction_medians() {
+        let mut acc = Acc::default();
+        for (tot, a, b) in [(9.0, 5.0, 4.0), (3.0, 1.0, 2.0), (6.0, 3.0, 3.0)] {
+            acc.push(tot, &[a, b], tot, 0.0);
+        }
+        let x = measurement("vswitch", "testpmd", SizeMix::Fixed(64), &acc);
+        assert_eq!(x.samples_rx_mpps, vec![9.0, 3.0, 6.0]);
+        assert_eq!((x.rx_mpps, x.min_rx_mpps, x.max_rx_mpps), (6.0, 3.0, 9.0));
+        assert_eq!(x.best_rx_mpps, 9.0);
+        assert_eq!(x.dir_rx_mpps, vec![3.0, 3.0]);
+    }
+
+    #[test]
+    fn ratios_per_generator_side_by_side() {
+        let results = [
+            m("vswitch", "pktgen", 9.0),
+            m("ovs-dpdk", "pktgen", 6.0),
+            m("vswitch", "testpmd", 12.0),
+            m("ovs-dpdk", "testpmd", 10.0),
+            m("testpmd", "testpmd", 16.0),
+        ];
+        let r = ratios(&results, &[SizeMix::Fixed(64)]);
+        assert_eq!(r.len(), 3);
+        let rep = CompareReport {
+            schema: COMPARE_SCHEMA.into(),
+            sizes: vec![SizeMix::Fixed(64)],
+            duration_s: 1.0,
+            samples: 1,
+            latency_rate: Rate::Pps(1e5),
+            pmd_core: 1,
+            generators: vec!["pktgen".into(), "testpmd".into()],
+            bidir: false,
+            run_dir: "/tmp/x".into(),
+            machine: Machine::probe(None, None, 2048),
+            switches: vec![],
+            results: results.to_vec(),
+            ratios: r,
+        };
+        let t = format_report(&rep);
+        assert!(
+            t.contains("| size | vswitch / peer | by pktgen | by testpmd |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 64 | vswitch / ovs-dpdk | 1.50x | 1.20x |"),
+            "{t}"
+        );
+        assert!(t.contains("| 64 | vswitch / testpmd | - | 0.75x |"), "{t}");
+        assert!(
+            t.contains("| vswitch | testpmd | 64 | 12.000 | 12.000 | 12.000 | 6.000 / 6.000 |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn older_documents_still_parse() {
+        let old = r#"{"switch":"vswitch","size":{"fixed":64},"samples_rx_mpps":[1.0],"rx_mpps":1.0,
+            "best_rx_mpps":1.0,"rx_gbps":0.7,"loss_pct":0.0,"latency":null}"#;
+        let m: Measurement = serde_json::from_str(old).unwrap();
+        assert_eq!(m.generator, "pktgen");
+        assert!(m.one_frame_us.is_none());
     }
 }
 
@@ -497,25 +983,35 @@ mod schema_tests {
             samples: 3,
             latency_rate: Rate::Pps(1e5),
             pmd_core: 1,
+            generators: vec!["pktgen".into(), "testpmd".into()],
+            bidir: true,
+            run_dir: "/tmp/pktgen-compare-1".into(),
             machine: Machine::probe(Some(0), None, 2048),
             switches: vec![SwitchStatus {
                 name: "ovs-dpdk".into(),
+                generator: Some("pktgen".into()),
                 status: "skipped".into(),
                 reason: Some("not installed".into()),
             }],
             results: vec![Measurement {
                 switch: "vswitch".into(),
+                generator: "testpmd".into(),
                 size: SizeMix::Fixed(64),
                 samples_rx_mpps: vec![1.0, 2.0, 3.0],
                 rx_mpps: 2.0,
+                min_rx_mpps: 1.0,
+                max_rx_mpps: 3.0,
                 best_rx_mpps: 3.0,
+                dir_rx_mpps: vec![1.0, 1.0],
                 rx_gbps: 1.3,
                 loss_pct: 0.0,
                 latency: None,
+                one_frame_us: Some(7.5),
             }],
             ratios: vec![Ratio {
                 size: SizeMix::Fixed(64),
                 peer: "testpmd".into(),
+                generator: "testpmd".into(),
                 vswitch_over_peer: 0.9,
             }],
         };
@@ -527,26 +1023,36 @@ mod schema_tests {
             "/samples",
             "/latency_rate/pps",
             "/pmd_core",
+            "/generators/1",
+            "/bidir",
+            "/run_dir",
             "/machine/cpu_model",
             "/switches/0/name",
+            "/switches/0/generator",
             "/switches/0/status",
             "/switches/0/reason",
             "/results/0/switch",
+            "/results/0/generator",
             "/results/0/size/fixed",
             "/results/0/samples_rx_mpps/2",
             "/results/0/rx_mpps",
+            "/results/0/min_rx_mpps",
+            "/results/0/max_rx_mpps",
             "/results/0/best_rx_mpps",
+            "/results/0/dir_rx_mpps/1",
             "/results/0/rx_gbps",
             "/results/0/loss_pct",
             "/results/0/latency",
+            "/results/0/one_frame_us",
             "/ratios/0/size",
             "/ratios/0/peer",
+            "/ratios/0/generator",
             "/ratios/0/vswitch_over_peer",
         ] {
             assert!(v.pointer(path).is_some(), "missing {path} in {v}");
         }
         assert_eq!(v["schema"], "switchyard.pktgen.compare/1");
-        assert!(format_report(&r).contains("vswitch / testpmd at 64 B: 0.90x"));
-        assert!(format_report(&r).contains("skipped ovs-dpdk: not installed"));
+        assert!(format_report(&r).contains("vswitch / testpmd at 64 B: 0.90x (by testpmd)"));
+        assert!(format_report(&r).contains("skipped ovs-dpdk (by pktgen): not installed"));
     }
 }

@@ -14,6 +14,7 @@ pub mod report;
 pub mod rfc2544;
 pub mod run;
 pub mod stats;
+pub mod testpmd_gen;
 pub mod vhost_setup;
 
 pub use frontend::{FrontendError, PortConfig, PortDatapath, RawDesc, VhostUserPort};

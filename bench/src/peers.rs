@@ -1,6 +1,6 @@
 //! The switches `pktgen compare` measures: each started with one PMD on the same core and two
 //! vhost-user ports in server mode (the switch listens, pktgen connects), torn down on drop.
-//! OVS runs from a private directory under /tmp; the system's OVS is never touched.
+//! OVS runs from a private directory in the run directory; the system's OVS is never touched.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -73,6 +73,8 @@ pub struct PeerConfig {
     pub main_core: usize,
     /// Path of the `vswitch` binary.
     pub vswitch: PathBuf,
+    /// The run directory: each start gets its own subdirectory (sockets and logs); logs stay.
+    pub run_dir: PathBuf,
 }
 
 /// A running switch with its two port sockets.
@@ -87,6 +89,13 @@ pub struct Running {
     /// Kept open: testpmd quits when its stdin reaches EOF.
     _stdin: Option<ChildStdin>,
     dir: PathBuf,
+}
+
+impl Running {
+    /// The switch's directory (sockets, logs, vswitch's `ctl.sock`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for Running {
@@ -112,11 +121,19 @@ impl Drop for Running {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Logs stay for the reader; sockets go.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            use std::os::unix::fs::FileTypeExt;
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_socket()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     if program.contains('/') {
         return Path::new(program).is_file().then(|| PathBuf::from(program));
     }
@@ -159,8 +176,8 @@ pub fn check_available(kind: SwitchKind, cfg: &PeerConfig) -> Result<(), PeerErr
     }
 }
 
-fn scratch(kind: SwitchKind) -> Result<PathBuf, PeerError> {
-    let dir = std::env::temp_dir().join(format!("pktgen-{}-{}", kind.name(), std::process::id()));
+fn scratch(cfg: &PeerConfig, kind: SwitchKind, tag: &str) -> Result<PathBuf, PeerError> {
+    let dir = cfg.run_dir.join(format!("{tag}{}", kind.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| PeerError::Dir(dir.clone(), e))?;
     Ok(dir)
@@ -173,7 +190,7 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, PeerError> {
 
 /// Lets the child run on every CPU: pktgen pins itself to its generator core, and a child would
 /// inherit that one-core mask (vswitch then reports "core 1 does not exist").
-fn unpinned(cmd: &mut Command) -> &mut Command {
+pub(crate) fn unpinned(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET only sets bits within it.
     let set = unsafe {
@@ -246,10 +263,10 @@ fn tail(log: &Path, n: usize) -> String {
     lines[start..].join(" | ")
 }
 
-/// Starts a switch and waits for its sockets.
-pub fn start(kind: SwitchKind, cfg: &PeerConfig) -> Result<Running, PeerError> {
+/// Starts a switch in `cfg.run_dir/TAGNAME` and waits for its sockets.
+pub fn start(kind: SwitchKind, cfg: &PeerConfig, tag: &str) -> Result<Running, PeerError> {
     check_available(kind, cfg)?;
-    let dir = scratch(kind)?;
+    let dir = scratch(cfg, kind, tag)?;
     let mut r = Running {
         kind,
         sock0: dir.join("p0.sock"),
@@ -284,7 +301,11 @@ pub fn start(kind: SwitchKind, cfg: &PeerConfig) -> Result<Running, PeerError> {
                 .arg("--main-lcore")
                 .arg(cfg.main_core.to_string())
                 .args(["--no-pci", "--in-memory", "--file-prefix"])
-                .arg(format!("pktgen-testpmd-{}", std::process::id()))
+                .arg(format!(
+                    "pktgen-testpmd-{}-{}",
+                    std::process::id(),
+                    tag.trim_end_matches('-')
+                ))
                 .arg("--vdev")
                 .arg(format!("net_vhost0,iface={},queues=1", r.sock0.display()))
                 .arg("--vdev")
@@ -300,7 +321,7 @@ pub fn start(kind: SwitchKind, cfg: &PeerConfig) -> Result<Running, PeerError> {
                 ])
                 .stdin(Stdio::piped())
                 .stdout(log_file(&dir, "testpmd.log")?)
-                .stderr(Stdio::inherit());
+                .stderr(log_file(&dir, "testpmd.err")?);
             let mut child = spawn("dpdk-testpmd", &mut cmd)?;
             r._stdin = child.stdin.take();
             r.children.push(child);
@@ -357,8 +378,8 @@ fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerEr
             dir.join("ovsdb-server.ctl").display()
         ))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(log_file(dir, "ovsdb-server.out")?)
+        .stderr(log_file(dir, "ovsdb-server.err")?);
     env(&mut c);
     r.children.push(spawn("ovsdb-server", &mut c)?);
     let vsctl = |args: &[String]| -> Result<(), PeerError> {
@@ -387,8 +408,9 @@ fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerEr
         s("other_config:per-port-memory=true"),
         s("other_config:vhost-sock-dir=."),
         format!(
-            "other_config:dpdk-extra=--no-pci --in-memory --file-prefix=pktgen-ovs-{}",
-            std::process::id()
+            "other_config:dpdk-extra=--no-pci --in-memory --file-prefix=pktgen-ovs-{}-{}",
+            std::process::id(),
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
         ),
     ])?;
     let mut c = Command::new(OVS_VSWITCHD);
@@ -406,8 +428,8 @@ fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerEr
             dir.join("ovs-vswitchd.ctl").display()
         ))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(log_file(dir, "ovs-vswitchd.out")?)
+        .stderr(log_file(dir, "ovs-vswitchd.err")?);
     env(&mut c);
     r.children.push(spawn("ovs-vswitchd", &mut c)?);
     vsctl(&[

@@ -364,6 +364,48 @@ impl Session {
         }
     }
 
+    /// One frame at a time, `count` times: send one stamped frame from port 0 and wait (at most
+    /// 10 ms) for it on port 1 before sending the next. The one-way latency of a lone frame.
+    pub fn one_frame(
+        &mut self,
+        size: SizeMix,
+        count: u32,
+        core: Option<usize>,
+    ) -> Result<Option<LatencySummary>, RunError> {
+        check_core(core)?;
+        pin(core)?;
+        self.learn();
+        self.trials = self.trials.wrapping_add(1);
+        let mut tx = TxSide::new(
+            size,
+            1,
+            packet::port_mac(0),
+            packet::port_mac(1),
+            self.trials,
+        );
+        let mut rx = RxSide::new(self.trials);
+        let monotonic;
+        let clock = if core.is_some() {
+            &self.clock
+        } else {
+            monotonic = Clock::monotonic();
+            &monotonic
+        };
+        let [p0, p1] = &mut self.ports;
+        for _ in 0..count {
+            let before = rx.seq.received;
+            tx.burst(p0, 1, clock.now_ns());
+            let deadline = Instant::now() + Duration::from_millis(10);
+            while rx.seq.received == before && Instant::now() < deadline {
+                rx.drain(p1, clock);
+                p0.recv(|_| {});
+                p0.reclaim_tx();
+            }
+        }
+        self.drain_for(Duration::from_millis(20));
+        Ok(rx.lat.summary())
+    }
+
     /// Runs one measurement.
     pub fn trial(&mut self, cfg: &TrialConfig) -> Result<TrialResult, RunError> {
         check_core(cfg.tx_core)?;
