@@ -136,12 +136,20 @@ pub fn default_ctl_path() -> PathBuf {
 }
 
 /// Sends one request and waits for the response.
+/// How long a ctl client waits for the switch's answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub fn call(path: &Path, req: &Request) -> Result<Response, CtlError> {
     let mut stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
         path: path.to_path_buf(),
         source,
     })?;
     let io_err = |e| CtlError::Io(path.to_path_buf(), e);
+    // A switch that stopped answering makes the client fail, not hang.
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
+        .map_err(io_err)?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io_err)?;

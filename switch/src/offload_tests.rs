@@ -642,3 +642,74 @@ fn validation_reads_the_headers_through_scattered_buffers() {
         Ok((OFL_CSUM | OFL_TSO6, h))
     );
 }
+
+/// Seeded random headers over mutated TCP/other frames: validation never panics, whatever it
+/// accepts the fallback handles within its bounds (at most 128 segments, none longer than the
+/// frame's headers plus one segment). `OFFLOAD_FUZZ_CASES` / `OFFLOAD_FUZZ_SEED` change the run.
+#[test]
+fn offload_fuzz_accepts_only_what_the_fallback_can_do_within_bounds() {
+    let cases: u64 = std::env::var("OFFLOAD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut x: u64 = std::env::var("OFFLOAD_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x0ff1_0ad5_eed0_0001);
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut accepted = 0u64;
+    for case in 0..cases {
+        let r = rnd();
+        let payload = match r % 4 {
+            0 => (r >> 8) as usize % 64,
+            1 => (r >> 8) as usize % 3000,
+            _ => (r >> 8) as usize % 20_000,
+        };
+        let (mut f, _, _) = tcp_frame(r & 16 != 0, payload, 0);
+        // Mutate a few header bytes (EtherType, versions, lengths, protocol, offsets).
+        for _ in 0..(rnd() % 4) {
+            let at = (rnd() as usize) % f.len().min(80);
+            f[at] = rnd() as u8;
+        }
+        if rnd() % 8 == 0 {
+            f.truncate((rnd() as usize) % f.len().max(1) + 1);
+        }
+        let r = rnd();
+        let mut h: VnetHdr = [0; 10];
+        h[0] = [0, 1, 1, 2, 3, 0x80][(r % 6) as usize];
+        h[1] = [0, 1, 4, 3, 5, 0x81, 0x84, 9][((r >> 4) % 8) as usize];
+        let small = |v: u64| (v % 200) as u16;
+        h[2..4].copy_from_slice(
+            &(small(r >> 8) * if r & 1 << 20 != 0 { 1 } else { 300 }).to_le_bytes(),
+        );
+        h[4..6].copy_from_slice(
+            &([1, 47, 48, 536, 1448, 9000, 65535][((r >> 24) % 7) as usize] as u16).to_le_bytes(),
+        );
+        h[6..8].copy_from_slice(
+            &([14, 34, 54, 0, 100][((r >> 28) % 5) as usize] as u16).to_le_bytes(),
+        );
+        h[8..10].copy_from_slice(&([16, 6, 0, 100][((r >> 32) % 4) as usize] as u16).to_le_bytes());
+        let src = [TSO, OFL_CSUM, 0, OFL_ALL][((r >> 36) % 4) as usize];
+        let Ok((needs, out_hdr)) = check(&h, src, &f) else {
+            continue;
+        };
+        accepted += 1;
+        if needs == 0 {
+            continue;
+        }
+        // A refusal the up-front check could not see is fine; what runs stays bounded.
+        if let Ok(segs) = run(&f, &out_hdr) {
+            assert!(segs.len() <= 128, "case {case}: {} segments", segs.len());
+            let gso_size = u16::from_le_bytes([out_hdr[4], out_hdr[5]]) as usize;
+            for s in &segs {
+                assert!(s.len() <= 192 + gso_size.max(f.len()), "case {case}");
+            }
+        }
+    }
+    assert!(accepted > cases / 50, "only {accepted} of {cases} accepted");
+}

@@ -566,6 +566,8 @@ pub(crate) mod tests {
     /// Guest memory seen from the driver's side: gpa == offset, va == VA + offset.
     pub(crate) struct TestGuest {
         pub mem: Arc<GuestMemory>,
+        /// The memory file, for tables that map it again.
+        pub mem_file: std::fs::File,
         pub base: *mut u8,
         pub size: u16,
         pub avail_idx: u16,
@@ -582,11 +584,13 @@ pub(crate) mod tests {
                 user_addr: VA,
                 mmap_offset: 0,
             };
+            let mem_file = file.try_clone().unwrap();
             let mem =
                 Arc::new(GuestMemory::map(&[region], vec![file], &Default::default()).unwrap());
             let base = mem.translate(0, 1).unwrap();
             TestGuest {
                 mem,
+                mem_file,
                 base,
                 size,
                 avail_idx: 0,
@@ -812,6 +816,46 @@ pub(crate) mod tests {
             DeviceRing::new(g.mem.clone(), TestGuest::addrs(), 6, 0, false),
             Err(RingError::BadSize(6))
         ));
+    }
+
+    #[test]
+    fn a_buffer_spanning_two_contiguous_regions_is_walked_as_two_segments() {
+        // Two regions, contiguous in guest physical space, apart in our address space.
+        let g = TestGuest::new(8);
+        let second =
+            hugepages::SharedMemory::new("vring-test-2", 0x10000, hugepages::HugePolicy::Never)
+                .unwrap();
+        let regions = [
+            RegionDesc {
+                guest_phys_addr: 0,
+                size: MEM as u64,
+                user_addr: VA,
+                mmap_offset: 0,
+            },
+            RegionDesc {
+                guest_phys_addr: MEM as u64,
+                size: 0x10000,
+                user_addr: VA + 0x1000_0000,
+                mmap_offset: 0,
+            },
+        ];
+        let files = vec![
+            g.mem_file.try_clone().unwrap(),
+            second.file().try_clone().unwrap(),
+        ];
+        let mem = Arc::new(GuestMemory::map(&regions, files, &Default::default()).unwrap());
+        let ring = DeviceRing::new(mem, TestGuest::addrs(), 8, 0, false).unwrap();
+        g.set_desc(0, MEM as u64 - 100, 300, 0, 0);
+        let mut segs = SegList::default();
+        assert_eq!(ring.walk(0, false, &mut segs, u64::MAX), Ok(300));
+        let lens: Vec<u32> = segs.segs().iter().map(|s| s.len).collect();
+        assert_eq!(lens, vec![100, 200]);
+        // Past the second region's end: refused.
+        g.set_desc(0, MEM as u64 + 0x10000 - 10, 20, 0, 0);
+        assert_eq!(
+            ring.walk(0, false, &mut segs, u64::MAX),
+            Err(ChainError::BadAddress)
+        );
     }
 
     /// Seeded random descriptor tables (direct, chained, indirect, nested, looping, out of
