@@ -227,6 +227,12 @@ pub fn poll(
         if tap.offloads && !fwd.read_offloads(port, crate::offload::OFL_ALL, p) {
             continue; // counted; the slot is reused
         }
+        if p.len > fwd.snap.limits.max_frame
+            && p.needs & (crate::offload::OFL_TSO4 | crate::offload::OFL_TSO6) == 0
+        {
+            too_long += 1;
+            continue;
+        }
         let mut eth = [0u8; 12];
         // SAFETY: `got` >= header + 14 bytes were just written into our slot.
         unsafe { std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12) };

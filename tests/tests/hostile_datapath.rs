@@ -414,3 +414,71 @@ fn port_security_drops_spoofed_sources_and_caps_learning() {
     assert_eq!(quiet(&mut evil), 0);
     witness.assert_clean("spoofed and random sources", MAX_GAP);
 }
+
+#[test]
+fn a_flood_of_too_long_frames_from_the_tap_is_counted_and_bounded() {
+    use switchyard_tests::{has_tun, is_root, skip_unless};
+    if skip_unless(is_root() && has_tun(), "needs root and /dev/net/tun") {
+        return;
+    }
+    let lab = Lab::new("hostile-tap", &["a", "b"]);
+    let ifname = format!("syh{}", std::process::id() % 100_000);
+    lab.core
+        .add_port(
+            "up",
+            switch::switch::PortKind::Tap {
+                ifname: ifname.clone(),
+            },
+        )
+        .unwrap();
+    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    // The host side floods the TAP with frames longer than the switch takes (the kernel's packet
+    // socket does not send runts: 14 bytes is its minimum), through a packet socket on it.
+    let mtu = std::process::Command::new("ip")
+        .args(["link", "set", &ifname, "mtu", "9600"])
+        .status()
+        .unwrap();
+    assert!(mtu.success());
+    let cname = std::ffi::CString::new(ifname.clone()).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    assert!(index > 0, "no interface {ifname}");
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0);
+    // SAFETY: an all-zero sockaddr_ll is valid before the fields are set.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = index as i32;
+    sll.sll_halen = 6;
+    let mut sent = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let long = frame(BCAST, mac(7), sent as u32, 9300);
+        // SAFETY: `long` and `sll` live across the call, with their true sizes.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                long.as_ptr() as *const libc::c_void,
+                long.len(),
+                0,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r > 0 {
+            sent += 1;
+        } else if sent == 0 && start.elapsed() > Duration::from_millis(500) {
+            panic!("sendto on {ifname}: {}", std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(fd) };
+    assert!(sent > 1000, "only {sent} long frames sent");
+    let counted = || errors(&lab, "up", ChainError::TooLong);
+    assert!(wait_until(Duration::from_secs(5), || counted() > 1000));
+    eprintln!("long frames sent {sent}, counted {}", counted());
+    assert!(counted() <= sent);
+    witness.assert_clean("a flood of too-long frames from the TAP", MAX_GAP);
+    lab.core.del_port("up").unwrap();
+}
