@@ -547,8 +547,11 @@ impl Forwarder<'_> {
                         src_offloads,
                         max_walk,
                     );
-                    // The long list holds a whole queue's worth of segments.
-                    debug_assert_ne!(r, Err(ChainError::TooManySegments));
+                    // The long list holds a queue's worth of segments; only buffers split across
+                    // many regions can need more. Such a chain is dropped and counted.
+                    if r == Err(ChainError::TooManySegments) {
+                        self.note_error(port, ChainError::TooManySegments);
+                    }
                     n = 1;
                 }
                 break;
