@@ -506,7 +506,8 @@ impl Forwarder<'_> {
                 return 0;
             }
         };
-        let mut n = ready.min(BURST);
+        let burst = ready.min(BURST);
+        let mut n = burst;
         let src_offloads = queue.offloads();
         // The walk stops as soon as a chain claims more than the longest frame we take.
         let longest = if queue.offloads() & (offload::OFL_TSO4 | offload::OFL_TSO6) != 0 {
@@ -518,7 +519,7 @@ impl Forwarder<'_> {
         // Pass 1: walk every chain of the burst and prefetch each frame's Ethernet header, so
         // the cache misses on guest buffers overlap instead of stalling one after another.
         let mut long = false;
-        for i in 0..n {
+        for i in 0..burst {
             let head = ring.next_head();
             ring.advance();
             let r = self.take(
