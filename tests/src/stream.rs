@@ -154,9 +154,23 @@ pub fn with_streaming_pair(lab: &Lab, churn: impl FnOnce()) -> PairReport {
     assert_eq!(collect(&mut b, 1, Duration::from_secs(5)).len(), 1);
     let started = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
+    /// Stops the stream even when the churn panics (else the scope would wait for the
+    /// streaming thread forever and the failure would show as a hang).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
         let h = s.spawn(|| stream_pair(&mut a, &mut b, &started, &stop));
+        let _stop = StopOnDrop(&stop);
+        let t0 = Instant::now();
         while !started.load(Ordering::SeqCst) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the stream never started"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         // Let the stream settle before the churn begins.
