@@ -2,8 +2,8 @@
 //! devices, vCPU threads, control socket, signals, and the exit report.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -156,58 +156,69 @@ fn describe(boot: &BootSource) -> String {
     }
 }
 
+/// What `vmm info` reports as the VM's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmState {
+    Running = 0,
+    Stopping = 1,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+        }
+    }
+}
+
+/// The VM's state, shared with the control socket's info closure.
+#[derive(Debug, Default)]
+struct SharedState(AtomicU8);
+
+impl SharedState {
+    fn set(&self, s: VmState) {
+        self.0.store(s as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> VmState {
+        match self.0.load(Ordering::Relaxed) {
+            0 => VmState::Running,
+            _ => VmState::Stopping,
+        }
+    }
+}
+
+/// A NIC's device-side worker thread, with its command channel and switch endpoint.
+struct NicWorker {
+    thread: JoinHandle<()>,
+    commands: Sender<NetCmd>,
+    endpoint: Endpoint,
+}
+
+/// What `vmm info` shows of one NIC.
+struct NicSummary {
+    spec: NetSpec,
+    mac: [u8; 6],
+    status: Arc<NicStatus>,
+}
+
 /// Builds the VM, runs it to its end and returns the report.
 pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
-    if cfg.cpus == 0 || cfg.cpus > 64 {
-        return Err(VmError::BadCpus);
-    }
-    if cfg.nets.len() > 30 {
-        return Err(VmError::TooManyNics);
-    }
+    validate(&cfg)?;
     install_signals();
     crate::ctl::check_name_free(&cfg.name)?;
-    // Stop flag for connect loops and workers: set by signals through the controller below.
+    // Stop flag for connect loops and workers: set by signals through the watch below.
     let stop = Arc::new(AtomicBool::new(false));
     let ram = GuestRam::new(
         &format!("vmm-{}", cfg.name),
         cfg.mem,
         hugepages::HugePolicy::default(),
     )?;
-
+    let signal_watch = spawn_signal_watch(stop.clone());
     // Connect every NIC first: the switch's features decide what the guest is offered.
-    let signal_watch = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if SIGNALLED.load(Ordering::Relaxed) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    let mut conns = Vec::new();
-    for (i, n) in cfg.nets.iter().enumerate() {
-        let ep = Endpoint {
-            socket: n.socket.clone(),
-            server: n.server,
-            queues: n.queues as u64 * 2,
-        };
-        eprintln!(
-            "vmm: NIC {i}: {} the switch on {}",
-            if n.server {
-                "waiting for"
-            } else {
-                "connecting to"
-            },
-            n.socket.display()
-        );
-        let c = vhost_user::connect(&ep, &stop, false).map_err(|e| match e {
-            vhost_user::VhostError::Stopped(_) => VmError::Interrupted,
-            e => VmError::Switch(i, e),
-        })?;
-        conns.push((ep, c));
-    }
+    let conns = connect_nics(&cfg, &stop)?;
 
     let kvm = Kvm::new().map_err(kvm::KvmError::Open)?;
     if kvm::is_pvm() && matches!(cfg.boot, BootSource::Linux { .. }) {
@@ -221,10 +232,102 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
     let entry = boot::load(ram.mem(), ram.size(), &cfg.boot, cfg.cpus)?;
     let hub: Arc<dyn InterruptHub> = Arc::new(KvmHub::new(vm.clone(), true)?);
 
-    // Console.
     let start = Instant::now();
     let first_line = Arc::new(OnceLock::new());
-    let out: Box<dyn Write + Send> = match &cfg.console {
+    let serial = open_console(&cfg.console, &hub, start, first_line.clone())?;
+    let mut pci = PciBus::new();
+    let (workers, nics) = attach_nics(&cfg, conns, &mut pci, &hub, &ram, &stop)?;
+    if matches!(cfg.console, Console::Stdout) {
+        crate::devices::serial::spawn_stdin_feeder(serial.clone());
+    }
+    let bus = Arc::new(IoBus {
+        serial,
+        pci: Arc::new(Mutex::new(pci)),
+    });
+
+    let (ev_tx, ev_rx) = channel();
+    let state = Arc::new(SharedState::default());
+    let info = info_source(&cfg, &ram, nics, state.clone(), start);
+    let ctl_quit = Arc::new(AtomicBool::new(false));
+    let ctl = CtlServer::start(&cfg.name, info, ev_tx.clone(), ctl_quit.clone())?;
+
+    let vcpu_stop = Arc::new(AtomicBool::new(false));
+    let vcpus = start_vcpus(&kvm, &vm, &cfg, entry, &bus, &ev_tx, &vcpu_stop)?;
+    // Only vCPUs (and the control socket's own clone) may keep the event channel open now.
+    drop(ev_tx);
+
+    let ending = wait_for_ending(&ev_rx, &vcpus);
+    state.set(VmState::Stopping);
+    let exits = stop_vcpus(vcpus, &vcpu_stop);
+    stop.store(true, Ordering::Relaxed);
+    stop_nics(workers);
+    let _ = signal_watch.join();
+    ctl_quit.store(true, Ordering::Relaxed);
+    drop(ctl);
+    Ok(Report {
+        ending,
+        runtime: start.elapsed(),
+        first_line: first_line.get().copied(),
+        exits,
+    })
+}
+
+fn validate(cfg: &VmConfig) -> Result<(), VmError> {
+    if cfg.cpus == 0 || cfg.cpus > 64 {
+        return Err(VmError::BadCpus);
+    }
+    if cfg.nets.len() > 30 {
+        return Err(VmError::TooManyNics);
+    }
+    Ok(())
+}
+
+/// Turns SIGINT/SIGTERM (seen by the signal handler) into the shared stop flag; ends when the
+/// flag is set by anyone.
+fn spawn_signal_watch(stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if SIGNALLED.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+fn connect_nics(
+    cfg: &VmConfig,
+    stop: &AtomicBool,
+) -> Result<Vec<(Endpoint, vhost_user::Connection)>, VmError> {
+    let mut conns = Vec::new();
+    for (i, n) in cfg.nets.iter().enumerate() {
+        let ep = Endpoint {
+            socket: n.socket.clone(),
+            server: n.server,
+            queues: n.queues as u64 * 2,
+        };
+        let how = if n.server {
+            "waiting for"
+        } else {
+            "connecting to"
+        };
+        eprintln!("vmm: NIC {i}: {how} the switch on {}", n.socket.display());
+        let c = vhost_user::connect(&ep, stop, false).map_err(|e| match e {
+            vhost_user::VhostError::Stopped(_) => VmError::Interrupted,
+            e => VmError::Switch(i, e),
+        })?;
+        conns.push((ep, c));
+    }
+    Ok(conns)
+}
+
+fn open_console(
+    console: &Console,
+    hub: &Arc<dyn InterruptHub>,
+    start: Instant,
+    first_line: Arc<OnceLock<Duration>>,
+) -> Result<Arc<Mutex<SerialPort>>, VmError> {
+    let out: Box<dyn Write + Send> = match console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::File(p) => Box::new(
             std::fs::OpenOptions::new()
@@ -236,27 +339,34 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
     };
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
     hub.register_irqfd(&serial_irq, COM1_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialPort::new(
+    Ok(Arc::new(Mutex::new(SerialPort::new(
         serial_irq,
-        ConsoleSink::new(out, start, first_line.clone()),
-    )));
+        ConsoleSink::new(out, start, first_line),
+    ))))
+}
 
-    // PCI and NICs.
-    let mut pci = PciBus::new();
+/// Puts one virtio-net PCI device per connection on the bus and starts its worker thread.
+fn attach_nics(
+    cfg: &VmConfig,
+    conns: Vec<(Endpoint, vhost_user::Connection)>,
+    pci: &mut PciBus,
+    hub: &Arc<dyn InterruptHub>,
+    ram: &Arc<GuestRam>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Vec<NicWorker>, Vec<NicSummary>), VmError> {
     let mut workers = Vec::new();
-    let mut nic_info = Vec::new();
+    let mut nics = Vec::new();
     for (i, ((ep, conn), spec)) in conns.into_iter().zip(&cfg.nets).enumerate() {
         let slot = pci.next_slot();
         let mac = spec.mac.unwrap_or_else(|| default_mac(&cfg.name, i));
-        let mk = || -> Result<QueueFds, VmError> {
-            Ok(QueueFds {
-                kick: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?,
-                call: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?,
-            })
-        };
         let fds: Vec<QueueFds> = (0..queue_count(spec.queues))
-            .map(|_| mk())
-            .collect::<Result<_, _>>()?;
+            .map(|_| {
+                Ok(QueueFds {
+                    kick: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?,
+                    call: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?,
+                })
+            })
+            .collect::<Result<_, VmError>>()?;
         let fds = Arc::new(fds);
         let status = Arc::new(NicStatus::default());
         let (tx, rx) = channel();
@@ -286,66 +396,73 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
             status: status.clone(),
             stop: stop.clone(),
         };
-        let h = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("vmm-nic{i}"))
             .spawn(move || worker.run(conn, rx))
             .map_err(VmError::Spawn)?;
-        workers.push((h, tx, ep));
-        nic_info.push((spec.clone(), mac, status));
+        workers.push(NicWorker {
+            thread,
+            commands: tx,
+            endpoint: ep,
+        });
+        nics.push(NicSummary {
+            spec: spec.clone(),
+            mac,
+            status,
+        });
     }
-    if matches!(cfg.console, Console::Stdout) {
-        crate::devices::serial::spawn_stdin_feeder(serial.clone());
-    }
-    let bus = Arc::new(IoBus {
-        serial,
-        pci: Arc::new(Mutex::new(pci)),
-    });
+    Ok((workers, nics))
+}
 
-    // Control socket.
-    let (ev_tx, ev_rx) = channel();
-    let state = Arc::new(Mutex::new("running"));
-    let info = {
-        let (name, cpus, mem, huge, boot) = (
-            cfg.name.clone(),
-            cfg.cpus,
-            ram.size(),
-            ram.is_huge(),
-            describe(&cfg.boot),
-        );
-        let state = state.clone();
-        let nics: Vec<_> = nic_info
+/// What the control socket answers to `vmm info`, computed at each request.
+fn info_source(
+    cfg: &VmConfig,
+    ram: &GuestRam,
+    nics: Vec<NicSummary>,
+    state: Arc<SharedState>,
+    start: Instant,
+) -> Box<dyn Fn() -> VmInfo + Send> {
+    let (name, cpus, mem, huge, boot) = (
+        cfg.name.clone(),
+        cfg.cpus,
+        ram.size(),
+        ram.is_huge(),
+        describe(&cfg.boot),
+    );
+    Box::new(move || VmInfo {
+        name: name.clone(),
+        pid: std::process::id(),
+        vcpus: cpus,
+        memory_mib: mem >> 20,
+        hugepages: huge,
+        boot: boot.clone(),
+        state: state.get().as_str().to_string(),
+        uptime_s: start.elapsed().as_secs_f64(),
+        nics: nics
             .iter()
-            .map(|(s, m, st)| (s.clone(), *m, st.clone()))
-            .collect();
-        Box::new(move || VmInfo {
-            name: name.clone(),
-            pid: std::process::id(),
-            vcpus: cpus,
-            memory_mib: mem >> 20,
-            hugepages: huge,
-            boot: boot.clone(),
-            state: state.lock().unwrap().to_string(),
-            uptime_s: start.elapsed().as_secs_f64(),
-            nics: nics
-                .iter()
-                .map(|(s, m, st)| NicInfo {
-                    socket: s.socket.display().to_string(),
-                    mac: fmt_mac(m),
-                    queues: s.queues,
-                    server: s.server,
-                    connected: st.connected.load(Ordering::Relaxed),
-                    driver_ok: st.driver_ok.load(Ordering::Relaxed),
-                })
-                .collect(),
-        })
-    };
-    let ctl_quit = Arc::new(AtomicBool::new(false));
-    let ctl = CtlServer::start(&cfg.name, info, ev_tx.clone(), ctl_quit.clone())?;
+            .map(|n| NicInfo {
+                socket: n.spec.socket.display().to_string(),
+                mac: fmt_mac(&n.mac),
+                queues: n.spec.queues,
+                server: n.spec.server,
+                connected: n.status.connected.load(Ordering::Relaxed),
+                driver_ok: n.status.driver_ok.load(Ordering::Relaxed),
+            })
+            .collect(),
+    })
+}
 
-    // vCPUs.
-    let vcpu_stop = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<ExitCounts>> = Vec::new();
-    for (id, fd) in kvm::create_vcpus(&kvm, &vm, cfg.cpus, entry)?
+fn start_vcpus(
+    kvm: &Kvm,
+    vm: &Arc<kvm_ioctls::VmFd>,
+    cfg: &VmConfig,
+    entry: boot::EntryPoint,
+    bus: &Arc<IoBus>,
+    events: &Sender<VmEvent>,
+    vcpu_stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<ExitCounts>>, VmError> {
+    let mut threads = Vec::new();
+    for (id, fd) in kvm::create_vcpus(kvm, vm, cfg.cpus, entry)?
         .into_iter()
         .enumerate()
     {
@@ -353,7 +470,7 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
             id: id as u8,
             fd,
             bus: bus.clone(),
-            events: ev_tx.clone(),
+            events: events.clone(),
             stop: vcpu_stop.clone(),
         };
         threads.push(
@@ -363,32 +480,35 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
                 .map_err(VmError::Spawn)?,
         );
     }
-    drop(ev_tx);
+    Ok(threads)
+}
 
-    // Controller: wait for an ending, kicking vCPUs now and then so a halted guest is noticed.
+/// Waits for a VM event or a signal, kicking a vCPU now and then so a halted guest is noticed.
+fn wait_for_ending(events: &Receiver<VmEvent>, vcpus: &[JoinHandle<ExitCounts>]) -> Ending {
     let mut last_kick = Instant::now();
-    let ending = loop {
-        match ev_rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(ev) => break ending_of(ev),
-            Err(RecvTimeoutError::Disconnected) => break Ending::Failed("all vCPUs ended".into()),
+    loop {
+        match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(ev) => return ending_of(ev),
+            Err(RecvTimeoutError::Disconnected) => return Ending::Failed("all vCPUs ended".into()),
             Err(RecvTimeoutError::Timeout) => {}
         }
         if SIGNALLED.load(Ordering::Relaxed) {
-            break Ending::Stopped("signal".into());
+            return Ending::Stopped("signal".into());
         }
         if last_kick.elapsed() >= Duration::from_millis(500) {
-            if let Some(t) = threads.first() {
+            if let Some(t) = vcpus.first() {
                 let _ = t.kill(SIGRTMIN());
             }
             last_kick = Instant::now();
         }
-    };
-    *state.lock().unwrap() = "stopping";
+    }
+}
 
-    // Stop vCPUs: flag, then kick until each thread is gone.
+/// Raises the vCPUs' stop flag, then kicks each thread until it is gone; sums their exit counts.
+fn stop_vcpus(vcpus: Vec<JoinHandle<ExitCounts>>, vcpu_stop: &AtomicBool) -> ExitCounts {
     vcpu_stop.store(true, Ordering::Release);
     let mut exits = ExitCounts::new();
-    for t in threads {
+    for t in vcpus {
         while !t.is_finished() {
             let _ = t.kill(SIGRTMIN());
             std::thread::sleep(Duration::from_millis(5));
@@ -399,21 +519,15 @@ pub fn run(cfg: VmConfig) -> Result<Report, VmError> {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for (h, tx, ep) in workers {
-        let _ = tx.send(NetCmd::Shutdown);
-        let _ = h.join();
-        vhost_user::cleanup(&ep);
+    exits
+}
+
+fn stop_nics(workers: Vec<NicWorker>) {
+    for w in workers {
+        let _ = w.commands.send(NetCmd::Shutdown);
+        let _ = w.thread.join();
+        vhost_user::cleanup(&w.endpoint);
     }
-    let _ = signal_watch.join();
-    ctl_quit.store(true, Ordering::Relaxed);
-    drop(ctl);
-    Ok(Report {
-        ending,
-        runtime: start.elapsed(),
-        first_line: first_line.get().copied(),
-        exits,
-    })
 }
 
 fn ending_of(ev: VmEvent) -> Ending {
