@@ -3,8 +3,7 @@
 //! requirement is missing.
 
 pub mod lab;
-pub mod stream;
-pub mod witness;
+pub mod streaming_pair;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
