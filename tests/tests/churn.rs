@@ -31,7 +31,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn churn_config(lab: &Lab) -> PortConfig {

@@ -10,8 +10,8 @@ use switch::datapath::PortSecurity;
 use switch::stats::TxDrop;
 use switch::vring::ChainError;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
-use switchyard_tests::wait_until;
 use switchyard_tests::streaming_pair::{StreamConfig, StreamingPair};
+use switchyard_tests::wait_until;
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::EventFd;
 
