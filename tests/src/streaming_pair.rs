@@ -30,6 +30,8 @@ const HELLO_SEQ: u32 = u32::MAX;
 const STREAM_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// How long a stopped stream waits for the frames still in flight; what is missing then is lost.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long a new stream may take to deliver its first frame.
+const STREAM_START_LIMIT: Duration = Duration::from_secs(10);
 /// Problems described one by one in a report; more are only counted.
 const MAX_PROBLEMS: usize = 20;
 
@@ -212,7 +214,8 @@ impl StreamingPair {
     }
 
     /// Lets the switch learn the ports' MACs (each receiver announces itself to its sender
-    /// first, so the stream is unicast and reaches nobody else), then starts streaming.
+    /// first, so the stream is unicast and reaches nobody else), starts streaming and returns
+    /// once the first frame was delivered.
     pub fn start(first: VhostUserPort, second: VhostUserPort, cfg: StreamConfig) -> Self {
         let mut ports = [first, second];
         let macs = cfg.macs.map(mac);
@@ -239,11 +242,17 @@ impl StreamingPair {
             .name("streaming-pair".into())
             .spawn(move || stream(ports, &cfg, &t_stop, &t_received))
             .expect("spawn the streaming thread");
-        StreamingPair {
+        let pair = StreamingPair {
             stop,
             received,
             thread: Some(thread),
-        }
+        };
+        // A pair stopped before its first delivery would prove nothing.
+        assert!(
+            pair.wait_flowing(1, STREAM_START_LIMIT),
+            "the stream never started"
+        );
+        pair
     }
 
     /// Frames delivered so far (all directions).
@@ -441,10 +450,6 @@ fn stream(
 /// this thread, and returns the pair's report.
 pub fn with_streaming_pair(lab: &Lab, churn: impl FnOnce()) -> StreamReport {
     let pair = StreamingPair::attach(lab, "a", "b", StreamConfig::both_ways());
-    assert!(
-        pair.wait_flowing(1, Duration::from_secs(10)),
-        "the stream never started"
-    );
     // Let the stream settle before the churn begins.
     std::thread::sleep(Duration::from_millis(100));
     churn();

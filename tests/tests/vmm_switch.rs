@@ -63,7 +63,7 @@ fn guest(s: &Scratch, name: &str, p: &str, n: u8, ping: Option<u8>) -> Vmm {
     }
     let vm = start_vm(s, name, &format!("{},mac={}", port(s, p), mac(n)), &cmd);
     vm.wait_console("switchyard-guest: ready", 30);
-    if ping.is_some() {
+    if let Some(peer) = ping {
         // The summary line, complete ("ping: N/M replies" or an ARP failure).
         assert!(
             wait_until(Duration::from_secs(30), || {
@@ -76,8 +76,7 @@ fn guest(s: &Scratch, name: &str, p: &str, n: u8, ping: Option<u8>) -> Vmm {
         );
         assert!(
             vm.console().contains("ping: 3/3 replies"),
-            "{name} -> 10.0.0.{}: {}",
-            ping.unwrap(),
+            "{name} -> 10.0.0.{peer}: {}",
             vm.console()
         );
     }
