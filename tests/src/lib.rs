@@ -1,13 +1,23 @@
 //! Support for Switchyard's end-to-end tests: finding the built binaries, checking for what a
 //! test needs (root, KVM, hugepages, TAP) and printing a clear `SKIPPED: <reason>` line when a
 //! requirement is missing.
+//!
+//! Programs are started only through their fixtures: [`vswitch::Vswitch`], [`vmm::Vmm`],
+//! [`qemu::Qemu`] and [`pktgen::Pktgen`], on top of [`process::Process`] (which other helper
+//! processes use directly). Each logs to a file in the test's directory, is killed and reaped on
+//! drop, and prints the end of its log when the test fails. [`lab::Lab`] is an in-process switch
+//! for our own frontend, and [`streaming_pair::StreamingPair`] the pair of ports that streams
+//! while a test does something else to the switch.
 
 pub mod lab;
-pub mod stream;
-pub mod witness;
+pub mod pktgen;
+pub mod process;
+pub mod qemu;
+pub mod streaming_pair;
+pub mod vmm;
+pub mod vswitch;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Path of a binary built from this workspace (`vswitch`, `pktgen`, `vmm`), next to the test
@@ -33,6 +43,14 @@ pub fn skip_unless(ok: bool, reason: &str) -> bool {
         eprintln!("SKIPPED: {reason}");
     }
     !ok
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// True when running as root.
@@ -86,22 +104,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A child process killed (and reaped) on drop, so a failing test leaves nothing running.
-pub struct KillOnDrop(pub Child);
-
-impl KillOnDrop {
-    pub fn spawn(cmd: &mut Command) -> Self {
-        KillOnDrop(cmd.spawn().expect("spawn child process"))
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

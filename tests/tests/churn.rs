@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bench::frontend::{PortConfig, VhostUserPort};
 use switchyard_tests::lab::{collect, frame, mac, send_all, Lab, BCAST};
-use switchyard_tests::stream::{check_pair, with_streaming_pair, MAC_C, MAC_D};
+use switchyard_tests::streaming_pair::{check_pair, with_streaming_pair, MAC_C, MAC_D};
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -31,7 +31,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn churn_config(lab: &Lab) -> PortConfig {

@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use switchyard_tests::lab::{collect, frame, mac, send_all, Lab};
-use switchyard_tests::{has_program, is_root, skip_unless, wait_until, KillOnDrop};
+use switchyard_tests::process::Process;
+use switchyard_tests::{has_program, is_root, skip_unless, wait_until};
 
 const TESTPMD: &str = "dpdk-testpmd";
 
@@ -22,7 +23,8 @@ fn dpdk_virtio_user_passes_traffic_through_vswitch() {
     let lab = Lab::new("dpdk", &["drv", "dpdk"]);
     // Both testpmd lcores share core 0: core 1 stays the switch PMD's. stdin stays open (a
     // pipe we hold), or testpmd exits at once.
-    let mut testpmd = KillOnDrop::spawn(
+    let mut testpmd = Process::spawn(
+        TESTPMD,
         Command::new(TESTPMD)
             .args([
                 "--lcores",
@@ -43,9 +45,8 @@ fn dpdk_virtio_user_passes_traffic_through_vswitch() {
                 "--auto-start",
                 "--no-flush-rx",
             ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            .stdin(Stdio::piped()),
+        &lab.scratch.path("testpmd.log"),
     );
     assert!(
         wait_until(Duration::from_secs(30), || lab
@@ -113,5 +114,5 @@ fn dpdk_virtio_user_passes_traffic_through_vswitch() {
         .any(|r| r.port == "dpdk" && r.mac == "52:54:00:00:00:77"));
     let s = lab.stats("dpdk").stats;
     assert_eq!((s.tx_packets, s.rx_packets, s.errors), (300, 300, 0));
-    let _ = testpmd.0.kill();
+    testpmd.kill();
 }

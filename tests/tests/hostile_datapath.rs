@@ -10,8 +10,8 @@ use switch::datapath::PortSecurity;
 use switch::stats::TxDrop;
 use switch::vring::ChainError;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
+use switchyard_tests::streaming_pair::{StreamConfig, StreamingPair};
 use switchyard_tests::wait_until;
-use switchyard_tests::witness::Witness;
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,7 +35,7 @@ fn with_header(f: &[u8]) -> Vec<u8> {
 #[test]
 fn interrupt_fds_that_never_accept_a_write_stall_nothing() {
     let lab = Lab::new("hostile-call", &["evil", "src", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     // No EVENT_IDX: with the avail flags cleared, the switch interrupts on every publish.
     let mut evil = lab.attach_with("evil", |c| {
         c.features = features::DEFAULT & !features::VIRTIO_RING_F_EVENT_IDX
@@ -91,7 +91,7 @@ fn interrupt_fds_that_never_accept_a_write_stall_nothing() {
 #[test]
 fn an_avail_index_that_jumps_is_counted_once_and_the_ring_left_alone() {
     let lab = Lab::new("hostile-avail", &["evil", "src", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     let mut evil = lab.attach("evil");
     let mut src = lab.attach("src");
     send_all(&mut evil, &[frame(BCAST, mac(9), 0, 64)]);
@@ -134,7 +134,7 @@ fn an_avail_index_that_jumps_is_counted_once_and_the_ring_left_alone() {
 #[test]
 fn chains_as_long_as_the_queue_and_unaligned_indirect_tables_are_forwarded_intact() {
     let lab = Lab::new("hostile-long", &["evil", "dst", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     let mut evil = lab.attach_with("evil", |c| c.queue_size = 256);
     let mut dst = lab.attach("dst");
     // 1,020 bytes of frame in 255 four-byte pieces after the header: 256 descriptors, the
@@ -194,7 +194,7 @@ fn chains_as_long_as_the_queue_and_unaligned_indirect_tables_are_forwarded_intac
 #[test]
 fn frames_longer_than_the_limit_are_refused_before_they_are_read() {
     let lab = Lab::new("hostile-len", &["evil", "dst", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     let mut evil = lab.attach_with("evil", |c| c.tx_buffer_len = 9300);
     let mut dst = lab.attach("dst");
     // Claims of about 4 GB: 64 descriptors each covering most of the attacker's memory, with
@@ -251,7 +251,7 @@ fn frames_longer_than_the_limit_are_refused_before_they_are_read() {
 #[test]
 fn mergeable_rx_takes_at_most_a_ring_of_buffers_per_frame() {
     let lab = Lab::new("hostile-mrg", &["src", "tiny", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     let mut src = lab.attach_with("src", |c| c.tx_buffer_len = 9300);
     // 64-byte rx buffers in a 64-entry ring: a 9,000-byte frame would need 141 of them.
     let mut tiny = lab.attach_with("tiny", |c| {
@@ -277,7 +277,7 @@ fn mergeable_rx_takes_at_most_a_ring_of_buffers_per_frame() {
 fn rings_laid_over_each_other_are_refused() {
     use vhost::VringConfigData;
     let lab = Lab::new("hostile-overlap", &["evil", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     let mut evil = lab.attach("evil");
     let setups: Vec<(u64, u64, u64, u16)> = evil
         .queue_setups()
@@ -337,7 +337,7 @@ fn rings_laid_over_each_other_are_refused() {
 #[test]
 fn port_security_drops_spoofed_sources_and_caps_learning() {
     let lab = Lab::new("hostile-spoof", &["evil", "a", "b"]);
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     let mut evil = lab.attach("evil");
     // The flood is addressed to the witness's sender (which only drains its rx ring): it tests
     // learning, not the witness receiver's rx ring.
@@ -431,7 +431,7 @@ fn a_flood_of_too_long_frames_from_the_tap_is_counted_and_bounded() {
             },
         )
         .unwrap();
-    let witness = Witness::start(&lab, "a", "b", 1, 2);
+    let witness = StreamingPair::attach(&lab, "a", "b", StreamConfig::one_way());
     // The host side floods the TAP with frames longer than the switch takes (the kernel's packet
     // socket does not send runts: 14 bytes is its minimum), through a packet socket on it.
     let mtu = std::process::Command::new("ip")

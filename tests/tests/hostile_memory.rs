@@ -7,13 +7,13 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench::frontend::{features, FrontendError, PortConfig, VhostUserPort};
 use bench::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
 use hugepages::{HugePolicy, PageSize};
 use switchyard_tests::lab::{collect, frame, mac, Lab, BCAST};
+use switchyard_tests::streaming_pair::{Bystanders, StreamConfig, StreamingPair};
 use switchyard_tests::{skip_unless, wait_until};
 
 /// A sparse memfd of `len` bytes (nothing touched), shmem or 2M hugetlb, sealed or not.
@@ -152,79 +152,20 @@ fn a_hugetlb_file_the_pool_cannot_back_is_refused_at_set_mem_table() {
     still_forwards(&lab, "a", "b");
 }
 
-/// What the pair of bystander ports saw.
-#[derive(Debug, Default)]
-struct PairReport {
-    sent: u64,
-    received: u64,
-    max_gap: Duration,
-    /// Deliveries per 100 ms (both directions), for the failure message.
-    per_100ms: Vec<u32>,
-}
-
-/// Two ports exchanging frames (1 per direction per millisecond) until `stop`: counts every
-/// delivery and the longest time without one in either direction.
-fn run_pair(
-    mut a: VhostUserPort,
-    mut b: VhostUserPort,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<PairReport> {
-    std::thread::spawn(move || {
-        // Learning first: each side's MAC is known before counting starts.
-        let (ma, mb) = (mac(1), mac(2));
-        // Other ports' broadcasts may arrive too: wait for ours, then drain everything.
-        let from = |f: &[u8], m: [u8; 6]| f.len() >= 12 && f[6..12] == m;
-        assert_eq!(a.send(&[&frame(BCAST, ma, 0, 60)]), 1);
-        let got = collect(&mut b, 1, Duration::from_secs(5));
-        let got = [got, collect(&mut b, usize::MAX, Duration::from_millis(100))].concat();
-        assert!(got.iter().any(|f| from(f, ma)), "b never saw a");
-        assert_eq!(b.send(&[&frame(BCAST, mb, 0, 60)]), 1);
-        let got = collect(&mut a, 1, Duration::from_secs(5));
-        let got = [got, collect(&mut a, usize::MAX, Duration::from_millis(100))].concat();
-        assert!(got.iter().any(|f| from(f, mb)), "a never saw b");
-        collect(&mut b, usize::MAX, Duration::from_millis(100));
-        let mut r = PairReport::default();
-        let start = Instant::now();
-        let mut last = [start, start];
-        let mut seq = 1u32;
-        let note = |r: &mut PairReport, dir: usize, last: &mut [Instant; 2]| {
-            let now = Instant::now();
-            r.max_gap = r.max_gap.max(now - last[dir]);
-            last[dir] = now;
-            r.received += 1;
-            let bucket = (now - start).as_millis() as usize / 100;
-            if r.per_100ms.len() <= bucket {
-                r.per_100ms.resize(bucket + 1, 0);
-            }
-            r.per_100ms[bucket] += 1;
-        };
-        while !stop.load(Ordering::SeqCst) {
-            r.sent += a.send(&[&frame(mb, ma, seq, 64)]) as u64;
-            r.sent += b.send(&[&frame(ma, mb, seq, 64)]) as u64;
-            seq += 1;
-            let (mut na, mut nb) = (0, 0);
-            a.recv(|_| na += 1);
-            b.recv(|_| nb += 1);
-            for _ in 0..nb {
-                note(&mut r, 0, &mut last);
-            }
-            for _ in 0..na {
-                note(&mut r, 1, &mut last);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // Drain what is in flight.
-        let end = Instant::now();
-        while r.received < r.sent && end.elapsed() < Duration::from_secs(1) {
-            let n = a.recv(|_| {}) + b.recv(|_| {});
-            r.received += n as u64;
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        for l in last {
-            r.max_gap = r.max_gap.max(end - l);
-        }
-        r
-    })
+/// Two bystander ports exchanging frames (1 per direction per millisecond) throughout: every
+/// delivery counts, and so does the longest time without one in either direction.
+fn bystander_pair(lab: &Lab) -> StreamingPair {
+    StreamingPair::attach(
+        lab,
+        "a",
+        "b",
+        StreamConfig {
+            burst: 1,
+            frame_len: |_| 64,
+            bystanders: Bystanders::Any,
+            ..StreamConfig::both_ways()
+        },
+    )
 }
 
 /// A frontend streams frames to a sink port, then truncates its memory file with frames in
@@ -234,15 +175,14 @@ fn truncation_under_traffic(lab: &Lab, attacker: PortConfigTweak) {
     let hk_stop = Arc::new(AtomicBool::new(false));
     let hk = lab.core.spawn_housekeeping(hk_stop.clone());
 
-    let a = lab.attach("a");
-    let b = lab.attach("b");
     let mut sink = lab.attach("sink");
     let mut x = lab.attach_with("x", attacker);
     // The sink's MAC is learned: the attacker's frames go there only, not to the pair.
     let msink = mac(20);
     assert_eq!(sink.send(&[&frame(BCAST, msink, 0, 60)]), 1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pair = run_pair(a, b, stop.clone());
+    let pair = bystander_pair(lab);
+    // The pair's announcement was flooded to the sink: only the attacker's frames count there.
+    while sink.recv(|_| {}) > 0 {}
     std::thread::sleep(Duration::from_millis(500));
 
     // Stream for a while, then pull the memory out from under the switch mid-stream.
@@ -268,8 +208,7 @@ fn truncation_under_traffic(lab: &Lab, attacker: PortConfigTweak) {
     });
     // Keep the pair running a little after the teardown, then collect its report.
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    let report = pair.join().expect("the pair thread panicked");
+    let report = pair.finish();
     println!("bystander pair during the attack: {report:?}");
     assert!(torn_down, "port x still up: {:?}", lab.core.ports());
     let (_, _, last) = port_state(lab, "x");
@@ -278,10 +217,10 @@ fn truncation_under_traffic(lab: &Lab, attacker: PortConfigTweak) {
         "torn down for another reason: {last}"
     );
     assert!(
-        report.received > 500,
+        report.received() > 500,
         "the pair barely forwarded: {report:?}"
     );
-    assert_eq!(report.received, report.sent, "frames lost: {report:?}");
+    assert_eq!(report.received(), report.sent(), "frames lost: {report:?}");
     assert!(
         report.max_gap <= Duration::from_millis(250),
         "forwarding stalled for {:?}: {report:?}",

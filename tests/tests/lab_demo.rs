@@ -10,34 +10,29 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use switchyard_tests::process::Process;
+use switchyard_tests::qemu::QEMU_BINARY;
 use switchyard_tests::{
-    bin_path, has_kvm, has_program, has_tun, is_root, skip_unless, wait_until, KillOnDrop, Scratch,
+    bin_path, has_kvm, has_program, has_tun, is_root, repo_root, skip_unless, wait_until, Scratch,
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
 
 fn skip() -> bool {
     skip_unless(is_root(), "needs root (namespace, TAP)")
         || skip_unless(has_kvm(), "needs /dev/kvm")
         || skip_unless(has_tun(), "needs /dev/net/tun")
-        || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU")
+        || skip_unless(has_program(QEMU_BINARY), "needs QEMU")
         || skip_unless(has_program("ip"), "needs `ip` (iproute2)")
 }
 
 /// `scripts/lab.sh --quick --no-build ARGS` with this profile's binaries, in its own process
 /// group, stdout and stderr into `log`.
-fn lab(log: &Path, args: &[&str]) -> KillOnDrop {
+fn lab(log: &Path, args: &[&str]) -> Process {
     let bin_dir = bin_path("vswitch").parent().unwrap().to_path_buf();
     bin_path("vmm");
     bin_path("pktgen");
-    let out = std::fs::File::create(log).unwrap();
-    KillOnDrop::spawn(
-        Command::new(repo().join("scripts/lab.sh"))
+    Process::spawn(
+        "lab.sh",
+        Command::new(repo_root().join("scripts/lab.sh"))
             .args(["--quick", "--no-build"])
             .args(args)
             .env("SWITCHYARD_BIN_DIR", bin_dir)
@@ -46,28 +41,17 @@ fn lab(log: &Path, args: &[&str]) -> KillOnDrop {
             .env("SWITCHYARD_HUGEPAGES", "0")
             .env_remove("TMPDIR")
             .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
             .process_group(0),
+        log,
     )
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 /// Waits for the lab to exit; returns its exit code.
-fn wait_exit(child: &mut KillOnDrop, secs: u64, log: &Path) -> Option<i32> {
-    let mut status = None;
-    assert!(
-        wait_until(Duration::from_secs(secs), || {
-            status = child.0.try_wait().unwrap();
-            status.is_some()
-        }),
-        "lab.sh did not end within {secs} s:\n{}",
-        read(log)
-    );
-    status.unwrap().code()
+fn wait_exit(child: &mut Process, secs: u64) -> Option<i32> {
+    match child.wait_exit(Duration::from_secs(secs)) {
+        Some(status) => status.code(),
+        None => panic!("lab.sh did not end within {secs} s:\n{}", child.log()),
+    }
 }
 
 /// Nothing of lab run `pid` is left: run directory, namespace, TAP, processes.
@@ -108,9 +92,9 @@ fn lab_sh_runs_the_whole_system_and_cleans_up() {
     let s = Scratch::new("lab-demo");
     let log = s.path("lab.log");
     let mut child = lab(&log, &[]);
-    let pid = child.0.id();
-    let code = wait_exit(&mut child, 600, &log);
-    let out = read(&log);
+    let pid = child.id();
+    let code = wait_exit(&mut child, 600);
+    let out = child.log();
     println!("{out}");
     assert_eq!(code, Some(0), "lab.sh failed:\n{out}");
     let success = out
@@ -169,17 +153,17 @@ fn interrupt_at(tag: &str, phase: &str) {
     let s = Scratch::new(tag);
     let log = s.path("lab.log");
     let mut child = lab(&log, &["--no-setup"]);
-    let pid = child.0.id();
+    let pid = child.id();
     assert!(
-        wait_until(Duration::from_secs(120), || read(&log).contains(phase)),
+        wait_until(Duration::from_secs(120), || child.log().contains(phase)),
         "lab.sh did not get to {phase:?}:\n{}",
-        read(&log)
+        child.log()
     );
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill() with the negated process-group id of our own child (its own group).
     assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
-    let code = wait_exit(&mut child, 60, &log);
-    let out = read(&log);
+    let code = wait_exit(&mut child, 60);
+    let out = child.log();
     println!("{out}");
     assert_eq!(
         code,

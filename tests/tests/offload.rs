@@ -7,14 +7,12 @@
 //! negotiated CSUM only, a checksum past the frame) are refused and counted by reason while two
 //! other ports keep exchanging frames without loss.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench::frontend::{features, RawDesc, VhostUserPort};
 use switch::vring::ChainError;
-use switchyard_tests::lab::{frame, mac, Lab, BCAST};
+use switchyard_tests::lab::{mac, Lab};
+use switchyard_tests::streaming_pair::{StreamConfig, StreamingPair};
 
 const CSUM: u64 = 1 << 0;
 const GUEST_CSUM: u64 = 1 << 1;
@@ -323,89 +321,19 @@ fn offloads_pass_through_to_ports_that_negotiated_them_and_are_done_in_software_
     assert_eq!(collect(&mut legacy, 1).len(), 1);
 }
 
-/// A stream of numbered frames from one port to another on its own thread, paced so that no
-/// rx ring can overflow (at most `WINDOW` in flight): any frame missing is a loss.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    /// Frames delivered in order so far.
-    delivered: Arc<AtomicU32>,
-    thread: JoinHandle<StreamEnd>,
-}
-
-#[derive(Debug)]
-struct StreamEnd {
-    sent: u32,
-    delivered: u32,
-    out_of_order: u32,
-}
-
-const WINDOW: u32 = 32;
-
-impl Stream {
-    fn start(mut a: VhostUserPort, mut b: VhostUserPort) -> Self {
-        let (ma, mb) = (mac(21), mac(22));
-        let stop = Arc::new(AtomicBool::new(false));
-        let delivered = Arc::new(AtomicU32::new(0));
-        let (stop2, delivered2) = (stop.clone(), delivered.clone());
-        let thread = std::thread::spawn(move || {
-            // b announces itself, so that a's frames are unicast to it.
-            assert_eq!(b.send(&[&frame(BCAST, mb, 0, 60)]), 1);
-            assert!(switchyard_tests::wait_until(Duration::from_secs(5), || {
-                let mut seen = false;
-                a.recv(|f| seen |= f[6..12] == mb);
-                seen
-            }));
-            let mine = |f: &[u8]| f.len() >= 18 && f[6..12] == ma && f[12..14] == [0x88, 0xb5];
-            let (mut sent, mut next, mut out_of_order) = (0u32, 0u32, 0u32);
-            let mut stopped: Option<Instant> = None;
-            loop {
-                if stopped.is_none() && stop2.load(Ordering::Relaxed) {
-                    stopped = Some(Instant::now());
-                }
-                match stopped {
-                    Some(t) if next == sent || t.elapsed() > Duration::from_secs(5) => break,
-                    None if sent - next < WINDOW => {
-                        sent += a.send(&[&frame(mb, ma, sent, 128)]) as u32;
-                    }
-                    _ => {}
-                }
-                let got = b.recv(|f| {
-                    if mine(f) {
-                        let seq = u32::from_be_bytes([f[14], f[15], f[16], f[17]]);
-                        if seq == next {
-                            next += 1;
-                        } else {
-                            out_of_order += 1;
-                        }
-                    }
-                });
-                a.recv(|_| {}); // floods from the other ports
-                delivered2.store(next, Ordering::Relaxed);
-                if got == 0 {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            }
-            StreamEnd {
-                sent,
-                delivered: next,
-                out_of_order,
-            }
-        });
-        Stream {
-            stop,
-            delivered,
-            thread,
-        }
-    }
-
-    fn delivered(&self) -> u32 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-
-    fn finish(self) -> StreamEnd {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
+/// A stream of numbered frames from port a to port b on its own thread, paced so that no rx
+/// ring can overflow (at most 32 in flight): any frame missing is a loss.
+fn offload_stream(lab: &Lab) -> StreamingPair {
+    StreamingPair::attach(
+        lab,
+        "a",
+        "b",
+        StreamConfig {
+            macs: [21, 22],
+            window: 32,
+            ..StreamConfig::one_way()
+        },
+    )
 }
 
 #[test]
@@ -423,9 +351,9 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
     });
     let mut plain = lab.attach("plain");
     assert_eq!(csum_only.features() & (CSUM | HOST_TSO4 | HOST_TSO6), CSUM);
-    let stream = Stream::start(lab.attach("a"), lab.attach("b"));
+    let stream = offload_stream(&lab);
     assert!(
-        switchyard_tests::wait_until(Duration::from_secs(10), || stream.delivered() >= 100),
+        switchyard_tests::wait_until(Duration::from_secs(10), || stream.received() >= 100),
         "the stream did not start"
     );
     // b's announcement was flooded here too.
@@ -487,7 +415,7 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
         (&mid, past, false, ChainError::BadOffload),
     ];
     const ROUNDS: u64 = 20;
-    let before = stream.delivered();
+    let before = stream.received();
     for round in 0..ROUNDS {
         for (i, (f, h, from_csum_only, why)) in attacks.iter().enumerate() {
             let (port, name) = if *from_csum_only {
@@ -508,7 +436,7 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
             );
         }
     }
-    let during = stream.delivered() - before;
+    let during = stream.received() - before;
     // Every refusal was counted under its reason and nothing else.
     let st = lab.stats("attacker").stats;
     assert_eq!(st.error_count(ChainError::BadOffload), 6 * ROUNDS, "{st:?}");
@@ -563,8 +491,9 @@ fn hostile_offload_headers_are_refused_by_reason_while_other_ports_keep_forwardi
     // And the stream lost nothing.
     let end = stream.finish();
     eprintln!("stream: {end:?}, {during} delivered during the attack");
-    assert_eq!(end.out_of_order, 0, "{end:?}");
-    assert_eq!(end.delivered, end.sent, "{end:?}");
+    let a_to_b = &end.directions[0];
+    assert_eq!(a_to_b.out_of_order, 0, "{end:?}");
+    assert_eq!(a_to_b.received, a_to_b.sent, "{end:?}");
     for port in ["a", "b"] {
         let st = lab.stats(port).stats;
         assert_eq!((st.errors, st.tx_dropped), (0, 0), "{port}: {st:?}");

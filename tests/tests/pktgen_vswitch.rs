@@ -1,12 +1,15 @@
 //! pktgen against vswitch: frames pass without loss at a modest rate, and loss is counted — and
 //! matches the switch's own drop counter — when the sink stops draining.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use switchyard_tests::{bin_path, skip_unless, wait_until, KillOnDrop, Scratch};
+use switchyard_tests::pktgen::Pktgen;
+use switchyard_tests::vswitch::{socket_in, Vswitch, VswitchBuilder};
+use switchyard_tests::{skip_unless, wait_until, Scratch};
+
+/// A bound on one pktgen run (each lasts a few seconds).
+const PKTGEN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The tests run one at a time: each starts a busy-polling PMD on the same core, and on a
 /// 2-core machine parallel tests would starve each other's switch.
@@ -16,70 +19,39 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts vswitch with two server-mode vhost-user ports p0 and p1 and one PMD.
-fn start_switch(s: &Scratch) -> KillOnDrop {
-    let child = spawn_switch(s, "--vhost-user");
-    assert!(
-        wait_until(Duration::from_secs(10), || s.path("p0.sock").exists()
-            && s.path("p1.sock").exists()),
-        "vswitch did not create its sockets"
-    );
-    child
-}
-
-/// Starts vswitch with ports p0 and p1 given by `port_flag` (`--vhost-user` or
-/// `--vhost-user-client`).
-fn spawn_switch(s: &Scratch, port_flag: &str) -> KillOnDrop {
+/// vswitch with one PMD, on core 1 when there is one.
+fn switch_builder(s: &Scratch) -> VswitchBuilder {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let pmd = if cores > 1 { "1" } else { "0" };
-    KillOnDrop::spawn(
-        Command::new(bin_path("vswitch"))
-            .args(["run", "--pmd-cores", pmd, "--ctl"])
-            .arg(s.path("ctl"))
-            .arg(port_flag)
-            .arg(format!("p0:{}", s.path("p0.sock").display()))
-            .arg(port_flag)
-            .arg(format!("p1:{}", s.path("p1.sock").display())),
-    )
+    let pmd = if cores > 1 { 1 } else { 0 };
+    Vswitch::builder(&s.dir).pmd_cores(pmd)
 }
 
-/// Runs `pktgen run` with `args` and returns its JSON report.
-fn pktgen(s: &Scratch, json_name: &str, args: &[&str]) -> Value {
-    let json = s.path(json_name);
-    let out = Command::new(bin_path("pktgen"))
-        .arg("run")
-        .arg("--tx")
-        .arg(s.path("p0.sock"))
-        .arg("--rx")
-        .arg(s.path("p1.sock"))
-        .arg("--json")
-        .arg(&json)
-        .arg("--quiet")
+/// Starts vswitch with two server-mode vhost-user ports p0 and p1.
+fn start_switch(s: &Scratch) -> Vswitch {
+    switch_builder(s).vhost_user("p0").vhost_user("p1").spawn()
+}
+
+/// Starts vswitch with client-mode ports p0 and p1 (the switch connects to them).
+fn start_client_switch(s: &Scratch) -> Vswitch {
+    switch_builder(s)
+        .vhost_user_client("p0")
+        .vhost_user_client("p1")
+        .spawn()
+}
+
+/// Runs `pktgen run` from p0 to p1 with `args` and returns its JSON report.
+fn pktgen(s: &Scratch, report: &str, args: &[&str]) -> Value {
+    Pktgen::builder(&s.dir, report)
+        .tx(&socket_in(&s.dir, "p0"))
+        .rx(&socket_in(&s.dir, "p1"))
         .args(args)
-        .output()
-        .expect("run pktgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pktgen failed: {stdout}\n{stderr}");
-    println!("{stdout}");
-    serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("json")
+        .run_json(PKTGEN_TIMEOUT)
 }
 
-fn port_stats(ctl: &Path, name: &str) -> Value {
-    let out = Command::new(bin_path("vswitch"))
-        .args(["ctl", "--ctl"])
-        .arg(ctl)
-        .args(["stats", "--json"])
-        .output()
-        .expect("vswitch ctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("stats json");
+fn port_stats(sw: &Vswitch, name: &str) -> Value {
+    let v = sw.ctl_json(&["stats"]);
     v.as_array()
         .and_then(|a| a.iter().find(|p| p["name"] == name).cloned())
         .unwrap_or_else(|| panic!("no port {name} in {v}"))
@@ -112,11 +84,8 @@ fn pktgen_passes_frames_through_vswitch_without_loss_at_a_modest_rate() {
         "4096",
     ];
     for (name, extra) in [
-        ("64.json", vec!["--size", "64"]),
-        (
-            "imix.json",
-            vec!["--size", "imix", "--bidir", "--flows", "4"],
-        ),
+        ("64", vec!["--size", "64"]),
+        ("imix", vec!["--size", "imix", "--bidir", "--flows", "4"]),
     ] {
         let args: Vec<&str> = common.iter().copied().chain(extra).collect();
         let r = pktgen(&s, name, &args);
@@ -153,10 +122,10 @@ fn pktgen_counts_loss_when_the_sink_stops_draining() {
     }
     let _serial = serial();
     let s = Scratch::new("pktgen-stall");
-    let _switch = start_switch(&s);
+    let switch = start_switch(&s);
     let r = pktgen(
         &s,
-        "stall.json",
+        "stall",
         &[
             "--rate",
             "20kpps",
@@ -184,7 +153,7 @@ fn pktgen_counts_loss_when_the_sink_stops_draining() {
     // Every frame the sink missed was dropped by the switch for want of rx buffers — except
     // frames a descheduled switch put into the last posted buffers after pktgen stopped
     // counting (at most one ring's worth; usually none).
-    let p1 = port_stats(&s.path("ctl"), "p1");
+    let p1 = port_stats(&switch, "p1");
     let dropped = u(&p1, "tx_dropped");
     assert!(
         dropped <= lost && lost - dropped <= 256,
@@ -203,10 +172,10 @@ fn pktgen_listens_for_a_client_mode_vswitch() {
     let _serial = serial();
     let s = Scratch::new("pktgen-listen");
     // The switch connects to sockets pktgen listens on, retrying every second.
-    let _switch = spawn_switch(&s, "--vhost-user-client");
+    let _switch = start_client_switch(&s);
     let r = pktgen(
         &s,
-        "listen.json",
+        "listen",
         &[
             "--listen",
             "--connect-timeout",

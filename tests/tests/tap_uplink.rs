@@ -8,28 +8,21 @@
 //! Skipped (with `SKIPPED:`) only when root, /dev/net/tun, `ip`, /dev/kvm (vmm guests) or
 //! qemu-system-x86_64 (the Linux guest) is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use switchyard_tests::process::{read_lossy, Process};
+use switchyard_tests::qemu::{Qemu, QEMU_BINARY};
+use switchyard_tests::vmm::Vmm;
+use switchyard_tests::vswitch::{socket_in, Vswitch};
 use switchyard_tests::{
-    bin_path, has_kvm, has_program, has_tun, is_root, skip_unless, wait_until, KillOnDrop, Scratch,
+    has_kvm, has_program, has_tun, is_root, repo_root, skip_unless, wait_until, Scratch,
 };
 
 /// The namespace's address on the TAP; guests are 10.0.0.1..
 const NS_IP: &str = "10.0.0.100";
 /// The Linux guest's address.
 const GUEST_LINUX: &str = "10.0.0.3";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -162,157 +155,73 @@ fn tap_name(tag: &str) -> String {
 }
 
 /// The vswitch binary with vhost-user server ports and TAP ports, one PMD on the last core.
-struct Switch {
-    _child: KillOnDrop,
-    ctl: PathBuf,
-    log: PathBuf,
+fn start_switch(s: &Scratch, vhost: &[&str], taps: &[(&str, &str)]) -> Vswitch {
+    let core = *switch::pmd::available_cores().last().expect("a core");
+    let mut sw = Vswitch::builder(&s.dir)
+        .pmd_max_sleep_us(100)
+        .pmd_cores(core);
+    for p in vhost {
+        sw = sw.vhost_user(p);
+    }
+    for (name, ifname) in taps {
+        sw = sw.tap(name, ifname);
+    }
+    sw.spawn()
 }
 
-impl Switch {
-    fn start(s: &Scratch, vhost: &[&str], taps: &[(&str, &str)]) -> Self {
-        let ctl = s.path("vswitch.ctl");
-        let log = s.path("vswitch.log");
-        let core = *switch::pmd::available_cores().last().expect("a core");
-        let mut cmd = Command::new(bin_path("vswitch"));
-        cmd.args(["run", "--pmd-max-sleep-us", "100", "--pmd-cores"])
-            .arg(core.to_string())
-            .arg("--ctl")
-            .arg(&ctl)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for p in vhost {
-            cmd.arg("--vhost-user")
-                .arg(format!("{p}:{}", s.path(&format!("{p}.sock")).display()));
-        }
-        for (name, ifname) in taps {
-            cmd.arg("--tap").arg(format!("{name}:{ifname}"));
-        }
-        let sw = Switch {
-            _child: KillOnDrop::spawn(&mut cmd),
-            ctl,
-            log,
-        };
-        for p in vhost {
-            let sock = s.path(&format!("{p}.sock"));
-            assert!(
-                wait_until(Duration::from_secs(10), || sock.exists()),
-                "vswitch did not listen on {}:\n{}",
-                sock.display(),
-                read(&sw.log)
-            );
-        }
-        sw
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        run(Command::new(bin_path("vswitch"))
-            .arg("ctl")
-            .arg("--ctl")
-            .arg(&self.ctl)
-            .args(args))
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "vswitch ctl {args:?} failed:\n{}\n--- switch log:\n{}",
-            text(&out),
-            read(&self.log)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, what: &str) -> Vec<serde_json::Value> {
-        let out = self.ctl_ok(&["--json", what]);
-        match serde_json::from_str(&out) {
-            Ok(serde_json::Value::Array(v)) => v,
-            other => panic!("ctl {what}: not a JSON array: {other:?}\n{out}"),
-        }
-    }
-
-    fn row(&self, what: &str, key: &str, value: &str) -> Option<serde_json::Value> {
-        self.json(what).into_iter().find(|r| r[key] == value)
+/// The rows of `ctl --json WHAT`.
+fn rows(sw: &Vswitch, what: &str) -> Vec<serde_json::Value> {
+    match sw.ctl_json(&[what]) {
+        serde_json::Value::Array(v) => v,
+        other => panic!("ctl {what}: not a JSON array: {other}"),
     }
 }
 
-/// A built-in guest under vmm.
-struct Vm {
-    _child: KillOnDrop,
-    name: String,
-    console: PathBuf,
-    err: PathBuf,
+/// The row of `ctl --json WHAT` whose `key` is `value`.
+fn row(sw: &Vswitch, what: &str, key: &str, value: &str) -> Option<serde_json::Value> {
+    rows(sw, what).into_iter().find(|r| r[key] == value)
 }
 
-impl Vm {
-    /// `vmm run --guest net` on port `p` of the switch, as 10.0.0.`n`.
-    fn start(s: &Scratch, name: &str, p: &str, n: u8, cmdline: &str) -> Self {
-        let name = format!("{name}-{}", std::process::id());
-        let console = s.path(&format!("{name}.console"));
-        let err = s.path(&format!("{name}.err"));
-        let child = KillOnDrop::spawn(
-            Command::new(bin_path("vmm"))
-                .args(["run", "--guest", "net", "--mem", "64M", "--name", &name])
-                .arg("--net")
-                .arg(format!(
-                    "vhost-user:{},mac=52:54:00:00:00:{n:02x}",
-                    s.path(&format!("{p}.sock")).display()
-                ))
-                .arg("--cmdline")
-                .arg(format!("ip=10.0.0.{n} {cmdline}"))
-                .arg("--console")
-                .arg(&console)
-                .env("SWITCHYARD_VMM_RUN_DIR", s.path("vmm"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&err).unwrap()),
-        );
-        let vm = Vm {
-            _child: child,
-            name,
-            console,
-            err,
-        };
-        vm.wait_for("switchyard-guest: ready", 30);
-        vm
-    }
+/// A built-in guest under vmm: `vmm run --guest net` on port `p` of the switch, as 10.0.0.`n`,
+/// ready.
+fn start_vm(s: &Scratch, name: &str, p: &str, n: u8, cmdline: &str) -> Vmm {
+    let name = format!("{name}-{}", std::process::id());
+    let vm = Vmm::builder(&s.dir, &name)
+        .guest("net")
+        .mem("64M")
+        .name(&name)
+        .net(&format!(
+            "vhost-user:{},mac=52:54:00:00:00:{n:02x}",
+            socket_in(&s.dir, p).display()
+        ))
+        .cmdline(&format!("ip=10.0.0.{n} {cmdline}"))
+        .console()
+        .run_dir(&s.path("vmm"))
+        .spawn();
+    vm.wait_console("switchyard-guest: ready", 30);
+    vm
+}
 
-    fn console(&self) -> String {
-        read(&self.console)
-    }
-
-    fn wait_for(&self, what: &str, secs: u64) {
-        assert!(
-            wait_until(Duration::from_secs(secs), || self.console().contains(what)),
-            "{}: no {what:?} within {secs} s\nconsole:\n{}\nstderr:\n{}",
-            self.name,
-            self.console(),
-            read(&self.err)
-        );
-    }
-
-    /// Waits for the complete `ping: N/M replies` line and returns it.
-    fn ping_summary(&self, secs: u64) -> String {
-        let mut line = String::new();
-        assert!(
-            wait_until(Duration::from_secs(secs), || {
-                let c = self.console();
-                match c.rfind("ping: ") {
-                    Some(i) if c[i..].contains('\n') => {
-                        line = c[i..].lines().next().unwrap_or("").to_string();
-                        true
-                    }
-                    _ => false,
+/// Waits for the complete `ping: N/M replies` line on `vm`'s console and returns it.
+fn ping_summary(vm: &Vmm, secs: u64) -> String {
+    let mut line = String::new();
+    assert!(
+        wait_until(Duration::from_secs(secs), || {
+            let c = vm.console();
+            match c.rfind("ping: ") {
+                Some(i) if c[i..].contains('\n') => {
+                    line = c[i..].lines().next().unwrap_or("").to_string();
+                    true
                 }
-            }),
-            "{}: no ping summary within {secs} s\n{}\n{}",
-            self.name,
-            self.console(),
-            read(&self.err)
-        );
-        line
-    }
+                _ => false,
+            }
+        }),
+        "{}: no ping summary within {secs} s\n{}\n{}",
+        vm.tag(),
+        vm.console(),
+        vm.log()
+    );
+    line
 }
 
 #[test]
@@ -323,18 +232,18 @@ fn builtin_guest_and_namespace_ping_each_other_through_a_tap_port() {
     let ns = Netns::new("ping");
     let s = Scratch::new("tap-ping");
     let ifname = tap_name("tp");
-    let sw = Switch::start(&s, &["a"], &[("up", &ifname)]);
+    let sw = start_switch(&s, &["a"], &[("up", &ifname)]);
     ns.take_tap(&ifname);
 
     // Guest -> namespace: ARP is flooded to the TAP, the namespace's kernel answers.
-    let a = Vm::start(
+    let a = start_vm(
         &s,
         "tap-a",
         "a",
         1,
         &format!("ping={NS_IP} count=3 interval=200 linger=forever"),
     );
-    let summary = a.ping_summary(30);
+    let summary = ping_summary(&a, 30);
     assert_eq!(summary, "ping: 3/3 replies", "guest -> namespace");
     println!("guest 10.0.0.1 -> namespace {NS_IP}: {summary}");
 
@@ -348,11 +257,11 @@ fn builtin_guest_and_namespace_ping_each_other_through_a_tap_port() {
     );
 
     // The TAP port is an ordinary port: listed up, counted both ways, its MAC learned.
-    let port = sw.row("ports", "name", "up").expect("TAP port listed");
+    let port = row(&sw, "ports", "name", "up").expect("TAP port listed");
     assert_eq!(port["type"], "tap", "{port}");
     assert_eq!(port["state"], "up", "{port}");
     assert_eq!(port["target"], ifname.as_str(), "{port}");
-    let stats = sw.row("stats", "name", "up").expect("TAP port in stats");
+    let stats = row(&sw, "stats", "name", "up").expect("TAP port in stats");
     println!("stats of the TAP port: {stats}");
     for key in ["rx_packets", "tx_packets", "rx_bytes", "tx_bytes"] {
         assert!(stats[key].as_u64().unwrap() >= 4, "{key}: {stats}");
@@ -360,7 +269,7 @@ fn builtin_guest_and_namespace_ping_each_other_through_a_tap_port() {
     assert_eq!(stats["tx_dropped"], 0, "{stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
     let ns_mac = ns.mac_of(&ifname);
-    let fdb = sw.json("fdb");
+    let fdb = rows(&sw, "fdb");
     assert!(
         fdb.iter()
             .any(|e| e["mac"] == ns_mac.as_str() && e["port"] == "up"),
@@ -399,7 +308,7 @@ fn guest_image() -> PathBuf {
     let image = std::env::var_os("SWITCHYARD_GUEST_IMAGE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("guest-image"));
+        .unwrap_or_else(|| repo_root().join("guest-image"));
     assert!(
         image.join("vmlinux").exists() && image.join("initramfs.cpio.gz").exists(),
         "no guest image in {} (scripts/setup.sh builds it)",
@@ -409,32 +318,27 @@ fn guest_image() -> PathBuf {
 }
 
 /// The Linux guest under QEMU (scripts/qemu-guest.sh) as 10.0.0.3 on port `lin`, running `run`
-/// (then it powers off); its console goes to `console`.
-fn linux_guest(s: &Scratch, tag: &str, append: &str, run: &str, console: &Path) -> KillOnDrop {
-    let mut cmd = Command::new(repo().join("scripts/qemu-guest.sh"));
-    cmd.arg("--image")
-        .arg(guest_image())
-        .args(["--name", &format!("{tag}-{}", std::process::id())])
-        .args(["--ip", &format!("{GUEST_LINUX}/24"), "--run", run])
-        .arg("--vhost-user")
-        .arg(format!(
+/// (then it powers off).
+fn linux_guest(s: &Scratch, tag: &str, append: &str, run: &str) -> Qemu {
+    let mut qemu = Qemu::builder(&s.dir, tag)
+        .image(&guest_image())
+        .name(&format!("{tag}-{}", std::process::id()))
+        .ip(&format!("{GUEST_LINUX}/24"))
+        .guest_command(run)
+        .vhost_user(&format!(
             "{},mac=52:54:00:00:0a:03",
-            s.path("lin.sock").display()
+            socket_in(&s.dir, "lin").display()
         ))
-        .arg("--console")
-        .arg(console)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(s.path(&format!("{tag}.qemu.err"))).unwrap());
+        .console();
     if !append.is_empty() {
-        cmd.args(["--append", append]);
+        qemu = qemu.append(append);
     }
-    KillOnDrop::spawn(&mut cmd)
+    qemu.spawn()
 }
 
 #[test]
 fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
-    if skip_common() || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU") {
+    if skip_common() || skip_unless(has_program(QEMU_BINARY), "needs QEMU") {
         return;
     }
     assert!(
@@ -445,46 +349,45 @@ fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
     let ns = Netns::new("iperf");
     let s = Scratch::new("tap-iperf");
     let ifname = tap_name("ti");
-    let sw = Switch::start(&s, &["lin"], &[("up", &ifname)]);
+    let sw = start_switch(&s, &["lin"], &[("up", &ifname)]);
     ns.take_tap(&ifname);
 
-    let server_log = s.path("iperf3-server.log");
-    let _server = KillOnDrop::spawn(
+    let server = Process::spawn(
+        "iperf3 server",
         ns.cmd("iperf3")
             .args(["-s", "--forceflush", "-B", NS_IP])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&server_log).unwrap())
-            .stderr(Stdio::null()),
+            .stdin(Stdio::null()),
+        &s.path("iperf3-server.log"),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || read(&server_log)
+        wait_until(Duration::from_secs(10), || server
+            .log()
             .contains("Server listening")),
         "iperf3 server did not start:\n{}",
-        read(&server_log)
+        server.log()
     );
 
     // Guest -> namespace, then namespace -> guest (-R), 3 s each.
-    let console = s.path("lin.console");
     let mut qemu = linux_guest(
         &s,
         "tap-iperf",
         "",
         &format!("iperf3 -c {NS_IP} -t 3 && echo IPERF-REVERSE && iperf3 -c {NS_IP} -t 3 -R"),
-        &console,
     );
     assert!(
-        wait_until(Duration::from_secs(240), || read(&console)
+        wait_until(Duration::from_secs(240), || qemu
+            .console()
             .contains("SWITCHYARD-EXIT=")),
         "the Linux guest did not finish iperf3:\n{}\n--- qemu:\n{}",
-        read(&console),
-        read(&s.path("tap-iperf.qemu.err"))
+        qemu.console(),
+        qemu.log()
     );
-    let out = read(&console);
-    let stats = sw.row("stats", "name", "up").expect("TAP port in stats");
+    let out = qemu.console();
+    let stats = row(&sw, "stats", "name", "up").expect("TAP port in stats");
     assert!(
         out.contains("SWITCHYARD-EXIT=0") && out.contains("iperf Done."),
         "iperf3 failed in the guest:\n{out}\n--- server:\n{}\n--- TAP stats: {stats}",
-        read(&server_log)
+        server.log()
     );
     let (fwd, rev) = out.split_once("IPERF-REVERSE").expect("both runs");
     let (up, up_line) = receiver_mbps(fwd).unwrap_or_else(|| panic!("no receiver line:\n{fwd}"));
@@ -497,9 +400,7 @@ fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
     println!("stats of the TAP port: {stats}");
     assert!(stats["tx_packets"].as_u64().unwrap() > 1000, "{stats}");
     assert!(stats["rx_packets"].as_u64().unwrap() > 1000, "{stats}");
-    let _ = wait_until(Duration::from_secs(10), || {
-        qemu.0.try_wait().ok().flatten().is_some()
-    });
+    let _ = qemu.process().wait_exit(Duration::from_secs(10));
 }
 
 #[test]
@@ -510,33 +411,33 @@ fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
     let ns = Netns::new("del");
     let s = Scratch::new("tap-del");
     let ifname = tap_name("td");
-    let sw = Switch::start(&s, &["a", "b", "p"], &[("up", &ifname)]);
+    let sw = start_switch(&s, &["a", "b", "p"], &[("up", &ifname)]);
     ns.take_tap(&ifname);
 
-    let _a = Vm::start(&s, "tapdel-a", "a", 1, "linger=forever");
+    let _a = start_vm(&s, "tapdel-a", "a", 1, "linger=forever");
     // The namespace pings A continuously (every 20 ms) ...
     let ns_ping_log = s.path("ns-ping.log");
-    let mut ns_ping = KillOnDrop::spawn(
+    let mut ns_ping = Process::spawn(
+        "ping in the namespace",
         ns.ping_cmd(&["-i", "0.02", "-c", "1000", "-W", "1", "10.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&ns_ping_log).unwrap())
-            .stderr(Stdio::null()),
+            .stdin(Stdio::null()),
+        &ns_ping_log,
     );
     // ... while B pings A 40 times, 100 ms apart.
-    let b = Vm::start(
+    let b = start_vm(
         &s,
         "tapdel-b",
         "b",
         2,
         "ping=10.0.0.1 count=40 interval=100 linger=forever quiet",
     );
-    let ns_replies = || read(&ns_ping_log).matches("bytes from").count();
+    let ns_replies = || read_lossy(&ns_ping_log).matches("bytes from").count();
     assert!(
         wait_until(Duration::from_secs(20), || ns_replies() >= 20),
         "namespace pings got no replies:\n{}",
-        read(&ns_ping_log)
+        read_lossy(&ns_ping_log)
     );
-    let tap_rx = sw.row("stats", "name", "up").unwrap()["rx_packets"]
+    let tap_rx = row(&sw, "stats", "name", "up").unwrap()["rx_packets"]
         .as_u64()
         .unwrap();
     assert!(tap_rx >= 20, "{tap_rx}");
@@ -552,39 +453,38 @@ fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
     println!("namespace got {before} replies before the TAP port was deleted");
 
     // B's pings all arrive.
-    let summary = b.ping_summary(60);
+    let summary = ping_summary(&b, 60);
     assert_eq!(summary, "ping: 40/40 replies", "B -> A across the deletion");
     println!("guest B -> guest A while the TAP port was deleted: {summary}");
 
     // The TAP port and its interface are gone; the namespace's pings stop getting replies.
     assert!(
-        sw.row("ports", "name", "up").is_none(),
+        row(&sw, "ports", "name", "up").is_none(),
         "{}",
         sw.ctl_ok(&["ports"])
     );
-    assert!(sw.row("stats", "name", "up").is_none());
+    assert!(row(&sw, "stats", "name", "up").is_none());
     assert!(
         wait_until(Duration::from_secs(5), || !ns.has_link(&ifname)),
         "TAP {ifname} still exists after del-port"
     );
-    let _ = ns_ping.0.kill();
-    let _ = ns_ping.0.wait();
-    assert!(ns_replies() <= before + 2, "{}", read(&ns_ping_log));
-    let fdb = sw.json("fdb");
+    ns_ping.kill();
+    assert!(ns_replies() <= before + 2, "{}", read_lossy(&ns_ping_log));
+    let fdb = rows(&sw, "fdb");
     assert!(
         fdb.iter().all(|e| e["port"] != "up"),
         "entries of the deleted port remain: {fdb:?}"
     );
 
     // A new guest on another port reaches both.
-    let c = Vm::start(
+    let c = start_vm(
         &s,
         "tapdel-c",
         "p",
         3,
         "ping=10.0.0.1 count=3 interval=100 linger=forever",
     );
-    assert_eq!(c.ping_summary(30), "ping: 3/3 replies");
+    assert_eq!(ping_summary(&c, 30), "ping: 3/3 replies");
 
     // A TAP added at run time (`ctl add-port NAME tap IFNAME`) works the same way.
     let ifname2 = tap_name("tr");
@@ -592,53 +492,50 @@ fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
     println!("{}", out.trim());
     ns.take_tap(&ifname2);
     ns.ping3("10.0.0.2");
-    let stats = sw
-        .row("stats", "name", "up2")
-        .expect("new TAP port in stats");
+    let stats = row(&sw, "stats", "name", "up2").expect("new TAP port in stats");
     assert!(stats["rx_packets"].as_u64().unwrap() >= 3, "{stats}");
 }
 
 #[test]
 fn jumbo_frames_cross_the_tap_port_both_ways() {
-    if skip_common() || skip_unless(has_program("qemu-system-x86_64"), "needs QEMU") {
+    if skip_common() || skip_unless(has_program(QEMU_BINARY), "needs QEMU") {
         return;
     }
     guest_image();
     let ns = Netns::new("jumbo");
     let s = Scratch::new("tap-jumbo");
     let ifname = tap_name("tj");
-    let sw = Switch::start(&s, &["lin"], &[("up", &ifname)]);
+    let sw = start_switch(&s, &["lin"], &[("up", &ifname)]);
     ns.take_tap(&ifname);
     run_ok(ns.cmd("ip").args(["link", "set", &ifname, "mtu", "9000"]));
 
     // 8000-byte ICMP payloads in single 8042-byte frames, MTU 9000 on both sides.
-    let console = s.path("lin.console");
-    let _qemu = linux_guest(
+    let qemu = linux_guest(
         &s,
         "tap-jumbo",
         "sy.mtu=9000",
         &format!("ping -c 3 -s 8000 -W 5 {NS_IP}; echo JUMBO-PINGED; sleep 60"),
-        &console,
     );
     assert!(
-        wait_until(Duration::from_secs(240), || read(&console)
+        wait_until(Duration::from_secs(240), || qemu
+            .console()
             .contains("JUMBO-PINGED")),
         "the Linux guest did not ping:\n{}\n--- qemu:\n{}",
-        read(&console),
-        read(&s.path("tap-jumbo.qemu.err"))
+        qemu.console(),
+        qemu.log()
     );
-    let out = read(&console);
+    let out = qemu.console();
     assert!(
         out.contains("3 packets received") && out.contains("8008 bytes from"),
         "guest -> namespace jumbo pings lost:\n{out}"
     );
-    let before = sw.row("stats", "name", "up").unwrap();
+    let before = row(&sw, "stats", "name", "up").unwrap();
     let t = ns.ping3_sized(GUEST_LINUX, 8000);
     println!(
         "namespace -> Linux guest, 8000-byte payloads: {}",
         t.lines().find(|l| l.contains("packet loss")).unwrap_or("")
     );
-    let after = sw.row("stats", "name", "up").unwrap();
+    let after = row(&sw, "stats", "name", "up").unwrap();
     let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
     // Three 8042-byte echo requests left through the TAP and three replies came back (plus
     // perhaps a few ARP frames).

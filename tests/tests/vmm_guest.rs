@@ -2,39 +2,25 @@
 //! ready line, its exit status becomes vmm's, and the exit report is printed.
 //! Skipped (with `SKIPPED:`) only when /dev/kvm is missing.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
-use switchyard_tests::{bin_path, has_kvm, skip_unless, wait_until, KillOnDrop, Scratch};
+use switchyard_tests::vmm::{vmm_command, Vmm};
+use switchyard_tests::{has_kvm, skip_unless, Scratch};
 
-/// Runs `vmm run --guest net` with `cmdline`; returns (status, console, stderr).
+/// A refused `vmm run` ends at once; this is only a bound.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `vmm run --guest net` with `cmdline`; returns (status, console, vmm's output).
 fn run_guest(s: &Scratch, tag: &str, cmdline: &str) -> (Option<i32>, String, String) {
-    let console = s.path(&format!("{tag}.console"));
-    let err = s.path(&format!("{tag}.err"));
-    let mut child = KillOnDrop::spawn(
-        Command::new(bin_path("vmm"))
-            .args(["run", "--guest", "net", "--mem", "64M", "--name"])
-            .arg(format!("{tag}-{}", std::process::id()))
-            .arg("--cmdline")
-            .arg(cmdline)
-            .arg("--console")
-            .arg(&console)
-            .env("SWITCHYARD_VMM_RUN_DIR", s.path("run"))
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap()),
-    );
-    let mut status = None;
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            status = child.0.try_wait().unwrap();
-            status.is_some()
-        }),
-        "vmm did not finish within 60 s"
-    );
-    (
-        status.unwrap().code(),
-        std::fs::read_to_string(&console).unwrap_or_default(),
-        std::fs::read_to_string(&err).unwrap_or_default(),
-    )
+    let mut vm = Vmm::builder(&s.dir, tag)
+        .guest("net")
+        .mem("64M")
+        .name(&format!("{tag}-{}", std::process::id()))
+        .cmdline(cmdline)
+        .console()
+        .run_dir(&s.path("run"))
+        .spawn();
+    let code = vm.wait_exit(60);
+    (code, vm.console(), vm.log())
 }
 
 #[test]
@@ -82,23 +68,22 @@ fn guest_exit_status_becomes_vmm_status() {
 
 #[test]
 fn unknown_guest_and_bad_options_are_refused() {
-    let out = Command::new(bin_path("vmm"))
-        .args(["run", "--guest", "nosuch"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no built-in guest \"nosuch\""));
-    let out = Command::new(bin_path("vmm"))
-        .args(["run", "--guest", "net", "--net", "tap:tap0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only vhost-user:SOCKET"));
-    let out = Command::new(bin_path("vmm"))
-        .args(["info", "no-such-vm"])
-        .env("SWITCHYARD_VMM_RUN_DIR", "/nonexistent/vmm-run")
-        .output()
-        .unwrap();
+    let s = Scratch::new("vmm-guest-refused");
+    let out = Vmm::builder(&s.dir, "nosuch")
+        .guest("nosuch")
+        .run(REFUSAL_TIMEOUT);
+    assert!(!out.success());
+    assert!(out.stderr.contains("no built-in guest \"nosuch\""));
+    let out = Vmm::builder(&s.dir, "tap")
+        .guest("net")
+        .net("tap:tap0")
+        .run(REFUSAL_TIMEOUT);
+    assert!(!out.success());
+    assert!(out.stderr.contains("only vhost-user:SOCKET"));
+    let out = vmm_command(
+        &["info", "no-such-vm"],
+        Some(std::path::Path::new("/nonexistent/vmm-run")),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no running VM named"));
 }

@@ -5,135 +5,46 @@
 //! client ports; `vmm list/info/stop` and SIGTERM manage running VMs.
 //! Skipped (with `SKIPPED:`) only when /dev/kvm is missing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
-use switchyard_tests::{bin_path, has_kvm, skip_unless, wait_until, KillOnDrop, Scratch};
+use switchyard_tests::vmm::Vmm;
+use switchyard_tests::vswitch::Vswitch;
+use switchyard_tests::{has_kvm, skip_unless, wait_until, Scratch};
 
-struct Switch {
-    _child: KillOnDrop,
-}
-
-fn start_switch(s: &Scratch, tag: &str, server_ports: &[&str], client_ports: &[&str]) -> Switch {
-    let mut cmd = Command::new(bin_path("vswitch"));
-    cmd.args(["run", "--pmd-cores", "1", "--ctl"])
-        .arg(s.path("vswitch.ctl"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(s.path(&format!("{tag}.log"))).unwrap())
-        .stderr(std::fs::File::create(s.path(&format!("{tag}.err"))).unwrap());
+fn start_switch(s: &Scratch, tag: &str, server_ports: &[&str], client_ports: &[&str]) -> Vswitch {
+    let mut sw = Vswitch::builder(&s.dir).tag(tag).pmd_cores(1);
     for p in server_ports {
-        cmd.arg("--vhost-user")
-            .arg(format!("{p}:{}", s.path(&format!("{p}.sock")).display()));
+        sw = sw.vhost_user(p);
     }
     for p in client_ports {
-        cmd.arg("--vhost-user-client")
-            .arg(format!("{p}:{}", s.path(&format!("{p}.sock")).display()));
+        sw = sw.vhost_user_client(p);
     }
-    let child = KillOnDrop::spawn(&mut cmd);
-    for p in server_ports {
-        let sock = s.path(&format!("{p}.sock"));
-        assert!(
-            wait_until(Duration::from_secs(10), || sock.exists()),
-            "vswitch did not create {}",
-            sock.display()
-        );
-    }
-    Switch { _child: child }
+    sw.spawn()
 }
 
-struct Vm {
-    child: KillOnDrop,
-    name: String,
-    console: PathBuf,
-    err: PathBuf,
-    run_dir: PathBuf,
-}
-
-impl Vm {
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    fn wait_console(&self, what: &str, secs: u64) {
-        assert!(
-            wait_until(Duration::from_secs(secs), || self.console().contains(what)),
-            "{}: no {what:?} within {secs} s\nconsole:\n{}\nstderr:\n{}",
-            self.name,
-            self.console(),
-            self.stderr()
-        );
-    }
-
-    /// Waits for the VM to exit; returns its status.
-    fn wait_exit(&mut self, secs: u64) -> Option<i32> {
-        let mut st = None;
-        assert!(
-            wait_until(Duration::from_secs(secs), || {
-                st = self.child.0.try_wait().unwrap();
-                st.is_some()
-            }),
-            "{} did not exit within {secs} s\nconsole:\n{}\nstderr:\n{}",
-            self.name,
-            self.console(),
-            self.stderr()
-        );
-        st.unwrap().code()
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin_path("vmm"))
-            .args(args)
-            .env("SWITCHYARD_VMM_RUN_DIR", &self.run_dir)
-            .output()
-            .unwrap()
-    }
-
-    fn stop(mut self) {
-        let out = self.ctl(&["stop", &self.name]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(self.wait_exit(15), Some(0));
-        assert!(
-            self.stderr().contains("stopped (vmm stop)"),
-            "{}",
-            self.stderr()
-        );
-    }
+/// `vmm stop NAME`: the VM exits with 0 and says why.
+fn stop(mut vm: Vmm) {
+    let out = vm.ctl(&["stop", vm.tag()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(vm.wait_exit(15), Some(0));
+    assert!(vm.log().contains("stopped (vmm stop)"), "{}", vm.log());
 }
 
 /// Starts `vmm run --guest net` named `name` on `net` (a --net value) with `cmdline`.
-fn start_vm(s: &Scratch, name: &str, net: &str, cmdline: &str) -> Vm {
-    let console = s.path(&format!("{name}.console"));
-    let err = s.path(&format!("{name}.err"));
-    let _ = std::fs::remove_file(&console);
-    let run_dir = s.path("run");
-    let child = KillOnDrop::spawn(
-        Command::new(bin_path("vmm"))
-            .args([
-                "run", "--guest", "net", "--mem", "64M", "--name", name, "--net", net,
-            ])
-            .arg("--cmdline")
-            .arg(cmdline)
-            .arg("--console")
-            .arg(&console)
-            .env("SWITCHYARD_VMM_RUN_DIR", &run_dir)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap()),
-    );
-    Vm {
-        child,
-        name: name.into(),
-        console,
-        err,
-        run_dir,
-    }
+fn start_vm(s: &Scratch, name: &str, net: &str, cmdline: &str) -> Vmm {
+    Vmm::builder(&s.dir, name)
+        .guest("net")
+        .mem("64M")
+        .name(name)
+        .net(net)
+        .cmdline(cmdline)
+        .console()
+        .run_dir(&s.path("run"))
+        .spawn()
 }
 
 fn port(s: &Scratch, p: &str) -> String {
@@ -145,14 +56,14 @@ fn mac(n: u8) -> String {
 }
 
 /// A guest that pings `peer` `count` times at start, then keeps answering.
-fn guest(s: &Scratch, name: &str, p: &str, n: u8, ping: Option<u8>) -> Vm {
+fn guest(s: &Scratch, name: &str, p: &str, n: u8, ping: Option<u8>) -> Vmm {
     let mut cmd = format!("ip=10.0.0.{n} linger=forever interval=200");
     if let Some(peer) = ping {
         cmd += &format!(" ping=10.0.0.{peer} count=3");
     }
     let vm = start_vm(s, name, &format!("{},mac={}", port(s, p), mac(n)), &cmd);
     vm.wait_console("switchyard-guest: ready", 30);
-    if ping.is_some() {
+    if let Some(peer) = ping {
         // The summary line, complete ("ping: N/M replies" or an ARP failure).
         assert!(
             wait_until(Duration::from_secs(30), || {
@@ -161,12 +72,11 @@ fn guest(s: &Scratch, name: &str, p: &str, n: u8, ping: Option<u8>) -> Vm {
             }),
             "{name}: no ping summary\n{}\n{}",
             vm.console(),
-            vm.stderr()
+            vm.log()
         );
         assert!(
             vm.console().contains("ping: 3/3 replies"),
-            "{name} -> 10.0.0.{}: {}",
-            ping.unwrap(),
+            "{name} -> 10.0.0.{peer}: {}",
             vm.console()
         );
     }
@@ -183,7 +93,7 @@ fn probe(s: &Scratch, p: &str, n: u8, peer: u8) {
         &format!("ip=10.0.0.{n} ping=10.0.0.{peer} count=3 interval=200"),
     );
     let code = vm.wait_exit(60);
-    assert_eq!(code, Some(0), "{name}: {}\n{}", vm.console(), vm.stderr());
+    assert_eq!(code, Some(0), "{name}: {}\n{}", vm.console(), vm.log());
     assert!(
         vm.console().contains("ping: 3/3 replies"),
         "{}",
@@ -202,7 +112,7 @@ fn guests_ping_each_other_through_vswitch_and_survive_leaving_and_rejoining() {
     // Two guests, both ways: B pings A, then A (restarted) pings B.
     let a = guest(&s, "a", "p1", 1, None);
     let b = guest(&s, "b", "p2", 2, Some(1));
-    a.stop();
+    stop(a);
     let a = guest(&s, "a", "p1", 1, Some(2));
 
     // vmm list / info see both, with the NIC handed to the switch.
@@ -225,7 +135,7 @@ fn guests_ping_each_other_through_vswitch_and_survive_leaving_and_rejoining() {
     probe(&s, "p4", 4, 3);
 
     // B leaves: A and C keep working.
-    b.stop();
+    stop(b);
     probe(&s, "p4", 4, 1);
     probe(&s, "p4", 4, 3);
 
@@ -233,7 +143,7 @@ fn guests_ping_each_other_through_vswitch_and_survive_leaving_and_rejoining() {
     let b = guest(&s, "b", "p2", 2, Some(3));
     probe(&s, "p4", 5, 2);
     for vm in [a, b, c] {
-        vm.stop();
+        stop(vm);
     }
 }
 
@@ -247,22 +157,19 @@ fn a_guest_survives_a_switch_restart() {
     let a = guest(&s, "a", "p1", 1, None);
     probe(&s, "p2", 2, 1);
     drop(sw);
-    let sock = s.path("p1.sock");
-    let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(s.path("p2.sock"));
     let _sw = start_switch(&s, "vswitch2", &["p1", "p2"], &[]);
     // The VMM reconnects within about a second and replays the rings.
     assert!(
         wait_until(Duration::from_secs(15), || a
-            .stderr()
+            .log()
             .contains("datapath handed to the switch")
-            && a.stderr().matches("datapath handed to the switch").count() >= 2),
+            && a.log().matches("datapath handed to the switch").count() >= 2),
         "no replay after the switch restart:\n{}",
-        a.stderr()
+        a.log()
     );
     probe(&s, "p2", 3, 1);
-    assert!(a.stderr().contains("reconnecting"), "{}", a.stderr());
-    a.stop();
+    assert!(a.log().contains("reconnecting"), "{}", a.log());
+    stop(a);
 }
 
 #[test]
@@ -283,22 +190,20 @@ fn server_mode_nic_with_the_switch_as_client() {
     probe(&s, "p2", 2, 1);
     // The switch restarts: vmm listens again and the switch's client port comes back.
     drop(sw);
-    let _ = std::fs::remove_file(s.path("p2.sock"));
     let _sw = start_switch(&s, "vswitch2", &["p2"], &["c1"]);
     assert!(
         wait_until(Duration::from_secs(15), || a
-            .stderr()
+            .log()
             .matches("datapath handed to the switch")
             .count()
             >= 2),
         "no replay in server mode:\n{}",
-        a.stderr()
+        a.log()
     );
     probe(&s, "p2", 3, 1);
     // SIGTERM stops the VM cleanly and removes its socket.
-    // SAFETY: kill() on our own child's pid.
-    unsafe { libc::kill(a.child.0.id() as i32, libc::SIGTERM) };
+    a.process().signal(libc::SIGTERM);
     assert_eq!(a.wait_exit(15), Some(0));
-    assert!(a.stderr().contains("stopped (signal)"), "{}", a.stderr());
+    assert!(a.log().contains("stopped (signal)"), "{}", a.log());
     assert!(!Path::new(&s.path("c1.sock")).exists());
 }

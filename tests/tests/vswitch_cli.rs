@@ -1,20 +1,14 @@
 //! The `vswitch` binary as a person uses it: `run` with flags or a TOML file, `ctl` commands
 //! and their errors, JSON output, shutdown.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use switchyard_tests::{bin_path, wait_until, KillOnDrop, Scratch};
+use switchyard_tests::vswitch::{ctl_at, Vswitch, VswitchBuilder};
+use switchyard_tests::Scratch;
 
-fn ctl(ctl_sock: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(bin_path("vswitch"))
-        .arg("ctl")
-        .arg("--ctl")
-        .arg(ctl_sock)
-        .args(args)
-        .output()
-        .expect("run vswitch ctl")
-}
+/// A refused `vswitch run` ends at once; this is only a bound.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn text(o: &Output) -> String {
     format!(
@@ -24,49 +18,31 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn start(scratch: &Scratch, extra: &[&str]) -> (KillOnDrop, std::path::PathBuf) {
-    let ctl_sock = scratch.path("vswitch.ctl");
-    let child = KillOnDrop::spawn(
-        Command::new(bin_path("vswitch"))
-            .args([
-                "run",
-                "--pmd-cores",
-                "0",
-                "--pmd-max-sleep-us",
-                "200",
-                "--ctl",
-            ])
-            .arg(&ctl_sock)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    assert!(wait_until(Duration::from_secs(10), || ctl(
-        &ctl_sock,
-        &["version"]
+/// The switch on core 0 with its control socket in `scratch`, as `ports` adds to it.
+fn start(scratch: &Scratch, ports: impl FnOnce(VswitchBuilder) -> VswitchBuilder) -> Vswitch {
+    ports(
+        Vswitch::builder(&scratch.dir)
+            .pmd_cores(0)
+            .pmd_max_sleep_us(200),
     )
-    .status
-    .success()));
-    (child, ctl_sock)
+    .spawn()
 }
 
 #[test]
 fn ctl_commands_work_and_errors_are_clear() {
     let scratch = Scratch::new("cli");
     let a = scratch.path("a.sock");
-    let (mut sw, ctl_sock) = start(&scratch, &["--vhost-user", &format!("a:{}", a.display())]);
+    let mut sw = start(&scratch, |b| b.vhost_user("a"));
+    let ctl_sock = sw.ctl_socket().to_path_buf();
 
-    let o = ctl(
-        &ctl_sock,
-        &[
-            "add-port",
-            "b",
-            "vhost-user",
-            scratch.path("b.sock").to_str().unwrap(),
-        ],
-    );
+    let o = sw.ctl(&[
+        "add-port",
+        "b",
+        "vhost-user",
+        scratch.path("b.sock").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = ctl(&ctl_sock, &["ports"]);
+    let o = sw.ctl(&["ports"]);
     assert!(
         text(&o).contains("waiting") && text(&o).contains("b.sock"),
         "{}",
@@ -74,43 +50,37 @@ fn ctl_commands_work_and_errors_are_clear() {
     );
 
     // Errors say what is wrong and exit non-zero.
-    let o = ctl(
-        &ctl_sock,
-        &[
-            "add-port",
-            "a",
-            "vhost-user",
-            scratch.path("c.sock").to_str().unwrap(),
-        ],
-    );
+    let o = sw.ctl(&[
+        "add-port",
+        "a",
+        "vhost-user",
+        scratch.path("c.sock").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(
         text(&o).contains("a port named \"a\" already exists"),
         "{}",
         text(&o)
     );
-    let o = ctl(
-        &ctl_sock,
-        &["add-port", "c", "vhost-user", a.to_str().unwrap()],
-    );
+    let o = sw.ctl(&["add-port", "c", "vhost-user", a.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(
         text(&o).contains("already used by port \"a\""),
         "{}",
         text(&o)
     );
-    let o = ctl(&ctl_sock, &["del-port", "nope"]);
+    let o = sw.ctl(&["del-port", "nope"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no port named \"nope\""), "{}", text(&o));
-    let o = ctl(&ctl_sock, &["add-port", "d", "bogus", "x"]);
+    let o = sw.ctl(&["add-port", "d", "bogus", "x"]);
     assert!(text(&o).contains("unknown port type"), "{}", text(&o));
-    let o = ctl(&ctl_sock, &["add-port", "bad/name", "vhost-user", "/tmp/x"]);
+    let o = sw.ctl(&["add-port", "bad/name", "vhost-user", "/tmp/x"]);
     assert!(text(&o).contains("port names are"), "{}", text(&o));
-    let o = ctl(&ctl_sock, &["fdb-lookup", "zz"]);
+    let o = sw.ctl(&["fdb-lookup", "zz"]);
     assert!(text(&o).contains("is not a MAC address"), "{}", text(&o));
 
     // JSON is machine-readable and has every port's counters.
-    let o = ctl(&ctl_sock, &["stats", "--json"]);
+    let o = sw.ctl(&["stats", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stats --json is JSON");
     let names: Vec<&str> = v
         .as_array()
@@ -120,27 +90,24 @@ fn ctl_commands_work_and_errors_are_clear() {
         .collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(v[0]["rx_packets"], 0);
-    let o = ctl(&ctl_sock, &["pmd-rxq", "--json"]);
+    let o = sw.ctl(&["pmd-rxq", "--json"]);
     assert!(
         serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok(),
         "{}",
         text(&o)
     );
-    let o = ctl(&ctl_sock, &["pmd-stats"]);
+    let o = sw.ctl(&["pmd-stats"]);
     assert!(text(&o).contains("avg packets per burst"), "{}", text(&o));
 
-    let o = ctl(&ctl_sock, &["del-port", "b"]);
+    let o = sw.ctl(&["del-port", "b"]);
     assert!(o.status.success());
     assert!(
         !scratch.path("b.sock").exists(),
         "server socket removed with its port"
     );
-    let o = ctl(&ctl_sock, &["shutdown"]);
+    let o = sw.ctl(&["shutdown"]);
     assert!(o.status.success());
-    assert!(wait_until(Duration::from_secs(10), || matches!(
-        sw.0.try_wait(),
-        Ok(Some(_))
-    )));
+    assert!(sw.process().wait_exit(Duration::from_secs(10)).is_some());
     assert!(!ctl_sock.exists(), "control socket removed at exit");
     assert!(!a.exists(), "port sockets removed at exit");
 }
@@ -157,45 +124,43 @@ fn run_reads_a_toml_config_and_refuses_bad_input() {
         ),
     )
     .unwrap();
-    let (_sw, ctl_sock) = start(&scratch, &["--config", cfg.to_str().unwrap()]);
-    let o = ctl(&ctl_sock, &["ports", "--json"]);
+    let sw = start(&scratch, |b| b.config(&cfg));
+    let ctl_sock = sw.ctl_socket().to_path_buf();
+    let o = sw.ctl(&["ports", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["name"], "vm1");
-    assert!(text(&ctl(&ctl_sock, &["fdb"])).contains("aging 42 s"));
+    assert!(text(&sw.ctl(&["fdb"])).contains("aging 42 s"));
 
     // A second switch on the same control socket is refused, as is a core that does not exist.
-    let o = Command::new(bin_path("vswitch"))
-        .args(["run", "--ctl"])
-        .arg(&ctl_sock)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
+    let o = Vswitch::builder(&scratch.dir)
+        .tag("second")
+        .ctl_socket(&ctl_sock)
+        .run(REFUSAL_TIMEOUT);
+    assert!(!o.success());
     assert!(
-        text(&o).contains("in use by another running vswitch"),
+        o.text().contains("in use by another running vswitch"),
         "{}",
-        text(&o)
+        o.text()
     );
-    let o = Command::new(bin_path("vswitch"))
-        .args(["run", "--pmd-cores", "4096", "--ctl"])
-        .arg(scratch.path("other.ctl"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
+    let o = Vswitch::builder(&scratch.dir)
+        .tag("other")
+        .pmd_cores(4096)
+        .run(REFUSAL_TIMEOUT);
+    assert!(!o.success());
     assert!(
-        text(&o).contains("core 4096 does not exist"),
+        o.text().contains("core 4096 does not exist"),
         "{}",
-        text(&o)
+        o.text()
     );
     std::fs::write(&cfg, "pmd_cores = \"one\"\n").unwrap();
-    let o = Command::new(bin_path("vswitch"))
-        .args(["run", "--config", cfg.to_str().unwrap(), "--ctl"])
-        .arg(scratch.path("third.ctl"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(text(&o).contains("is not valid"), "{}", text(&o));
+    let o = Vswitch::builder(&scratch.dir)
+        .tag("third")
+        .config(&cfg)
+        .run(REFUSAL_TIMEOUT);
+    assert!(!o.success());
+    assert!(o.text().contains("is not valid"), "{}", o.text());
     // Without a running switch, ctl says how to fix it.
-    let o = ctl(&scratch.path("nothing.ctl"), &["ports"]);
+    let o = ctl_at(&scratch.path("nothing.ctl"), &["ports"]);
     assert!(
         text(&o).contains("is `vswitch run` running"),
         "{}",
