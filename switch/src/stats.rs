@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::datapath::MAX_PORTS;
+use crate::limits::MAX_PORTS;
 use crate::vring::ChainError;
 
 /// Why a frame for a port was not delivered to it (its `tx_dropped`, by reason).
