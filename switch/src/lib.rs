@@ -13,6 +13,7 @@ pub mod guest_mem;
 pub mod limits;
 pub mod offload;
 pub mod pmd;
+pub mod reasons;
 pub mod render;
 pub mod sg;
 pub mod sigbus;

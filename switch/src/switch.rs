@@ -21,7 +21,6 @@ use crate::pmd::{PmdError, PmdHandle};
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
 use crate::vhost_port::{feature_names, Mode, PortError, PortRunner};
-use crate::vring::ChainError;
 
 /// Switch-wide settings.
 #[derive(Clone, Debug)]
@@ -689,14 +688,12 @@ impl SwitchCore {
         let ids: Vec<(String, u8)> = st.ports.iter().map(|(n, e)| (n.clone(), e.id)).collect();
         for (name, id) in ids {
             let errors = self.port_counters_sum(id).errors;
+            // Any PMD's last reason will do (the highest, as good as any).
             let last = self
                 .pmds
                 .iter()
-                .map(|p| {
-                    p.counters.last_error[id as usize].load(std::sync::atomic::Ordering::Relaxed)
-                })
-                .max()
-                .unwrap_or(0);
+                .filter_map(|p| p.counters.last_error[id as usize].get())
+                .max_by_key(|e| *e as u8);
             if let Some(e) = st.ports.get_mut(&name) {
                 // A SIGBUS in this port's memory (the VMM truncated its file): the backstop made
                 // the switch survive; end the session so the rings stop reading zero pages.
@@ -710,8 +707,7 @@ impl SwitchCore {
                     }
                 }
                 if errors > e.errors_logged {
-                    let what = chain_error_from_code(last)
-                        .map_or("bad frame".to_string(), |c| c.to_string());
+                    let what = last.map_or("bad frame".to_string(), |c| c.to_string());
                     tracing::warn!(
                         "port {name}: {} bad descriptors or frames in the last second (last: {what})",
                         errors - e.errors_logged
@@ -757,8 +753,4 @@ pub fn parse_mac_list(s: &str) -> Result<Vec<crate::fdb::Mac>, SwitchError> {
 
 fn same_path(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
-}
-
-fn chain_error_from_code(code: u64) -> Option<ChainError> {
-    ChainError::from_index(code.checked_sub(1)? as usize)
 }

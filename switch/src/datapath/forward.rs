@@ -5,7 +5,6 @@
 //! decided), then delivered destination by destination (one ring lock, one publish and one
 //! interrupt decision per destination), then the source buffers are returned with one publish.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::enqueue::{EnqueueError, FrameRef, RxFormat, RxTarget};
@@ -29,11 +28,6 @@ fn prefetch(p: *const u8) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-}
-
-/// Codes for the last error a PMD saw on a port (for the control path's rate-limited log).
-pub(crate) fn error_code(e: ChainError) -> u64 {
-    e as u64 + 1
 }
 
 /// What the chains of one tx burst are checked against.
@@ -66,7 +60,7 @@ impl Forwarder<'_> {
 
     pub(super) fn note_error(&self, port: u8, e: ChainError) {
         self.counters.ports[port as usize].error(e, 1);
-        self.counters.last_error[port as usize].store(error_code(e), Ordering::Relaxed);
+        self.counters.last_error[port as usize].record(e);
     }
 
     /// Decides where a frame goes and learns its source. `eth` is the first 12 bytes. Refused

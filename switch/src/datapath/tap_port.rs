@@ -75,10 +75,7 @@ impl Forwarder<'_> {
         for (why, count) in [(ChainError::Runt, runts), (ChainError::TooLong, too_long)] {
             if count > 0 {
                 pc.error(why, count);
-                self.counters.last_error[port as usize].store(
-                    super::forward::error_code(why),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.counters.last_error[port as usize].record(why);
             }
         }
         n
