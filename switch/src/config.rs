@@ -48,12 +48,12 @@ impl PortConfig {
     /// The port's security settings, when any are set.
     pub fn security(
         &self,
-    ) -> Result<Option<crate::datapath::PortSecurity>, crate::switch::SwitchError> {
+    ) -> Result<Option<crate::datapath::PortSecurity>, crate::bridge::SwitchError> {
         if self.allowed_macs.is_empty() && self.max_macs == 0 {
             return Ok(None);
         }
         Ok(Some(crate::datapath::PortSecurity {
-            allowed_macs: crate::switch::parse_mac_list(&self.allowed_macs.join(","))?,
+            allowed_macs: crate::bridge::parse_mac_list(&self.allowed_macs.join(","))?,
             max_macs: self.max_macs,
         }))
     }

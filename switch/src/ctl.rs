@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::fdb::parse_mac;
-use crate::switch::{PortKind, SwitchCore};
+use crate::bridge::{PortKind, SwitchCore};
 use crate::vhost_port::Mode;
 
 /// Longest request line the control socket accepts; a longer one is answered with an error and
@@ -358,7 +358,7 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
                 Err(e) => return Response::err(e),
             };
             if let Some(list) = allowed_macs {
-                match crate::switch::parse_mac_list(&list) {
+                match crate::bridge::parse_mac_list(&list) {
                     Ok(macs) => sec.allowed_macs = macs,
                     Err(e) => return Response::err(e),
                 }
@@ -451,7 +451,7 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::switch::SwitchConfig;
+    use crate::bridge::SwitchConfig;
     use std::io::Read;
     use std::time::Instant;
 

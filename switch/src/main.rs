@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use switch::config::{split_port_arg, FileConfig};
 use switch::ctl::{self, Request};
 use switch::pmd::{available_cores, parse_core_list};
-use switch::switch::{PortKind, SwitchConfig, SwitchCore};
+use switch::bridge::{PortKind, SwitchConfig, SwitchCore};
 use switch::vhost_port::Mode;
 
 #[derive(Parser)]

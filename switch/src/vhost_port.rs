@@ -30,7 +30,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::datapath::QueueRt;
 use crate::guest_mem::{GuestMemory, RegionDesc};
-use crate::switch::{PortQueues, SessionInfo, SwitchCore};
+use crate::bridge::{PortQueues, SessionInfo, SwitchCore};
 use crate::vring::{DeviceRing, RingAddrs};
 
 /// Queue pairs a port offers (VIRTIO_NET_F_MQ).

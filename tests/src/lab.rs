@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::frontend::{PortConfig, VhostUserPort};
-use switch::switch::{PortKind, PortStatsRow, SwitchConfig, SwitchCore};
+use switch::bridge::{PortKind, PortStatsRow, SwitchConfig, SwitchCore};
 use switch::vhost_port::Mode;
 
 use crate::Scratch;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bench::frontend::{features, RawDesc};
-use switch::switch::PortKind;
+use switch::bridge::PortKind;
 use switch::vhost_port::Mode;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
 

@@ -7,7 +7,7 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use switch::switch::{PortKind, SwitchConfig, SwitchCore};
+use switch::bridge::{PortKind, SwitchConfig, SwitchCore};
 use switch::vhost_port::Mode;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
