@@ -12,15 +12,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::datapath::{
-    Limits, PmdSnapshot, PortOut, PortRt, PortSecurity, QueueRt, RxSource, RxqRt, MAX_GSO_FRAME,
-    MAX_PORTS,
+    Limits, PmdSnapshot, PortOut, PortRt, PortSecurity, RxSource, RxqRt, MAX_GSO_FRAME, MAX_PORTS,
 };
 use crate::fdb::Fdb;
-use crate::guest_mem::{GuestMemory, MemoryPolicy};
+use crate::guest_mem::MemoryPolicy;
 use crate::pmd::{PmdError, PmdHandle};
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
-use crate::vhost_port::{feature_names, Mode, PortError, PortRunner};
+use crate::vhost_port::{
+    feature_names, Mode, PortError, PortQueues, PortRunner, SessionError, SessionEvents,
+    SessionInfo,
+};
 
 /// Switch-wide settings.
 #[derive(Clone, Debug)]
@@ -86,30 +88,6 @@ pub enum SwitchError {
 pub enum PortKind {
     VhostUser { socket: PathBuf, mode: Mode },
     Tap { ifname: String },
-}
-
-/// Rings a vhost-user session has active, as handed to the datapath.
-#[derive(Default)]
-pub struct PortQueues {
-    pub hdr_len: usize,
-    pub mrg_rxbuf: bool,
-    /// (queue pair, ring) for the guest's rx rings (the switch writes).
-    pub to_guest: Vec<(u16, Arc<QueueRt>)>,
-    /// (queue pair, ring) for the guest's tx rings (the switch polls).
-    pub from_guest: Vec<(u16, Arc<QueueRt>)>,
-    /// The memory table the rings live in (housekeeping watches it for SIGBUS faults).
-    pub mem: Option<Arc<GuestMemory>>,
-}
-
-/// What a port's frontend negotiated, for display.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SessionInfo {
-    pub connected: bool,
-    pub features: u64,
-    pub protocol_features: u64,
-    pub mem_regions: usize,
-    pub mem_bytes: u64,
-    pub active_vrings: Vec<u16>,
 }
 
 struct PortEntry {
@@ -308,8 +286,11 @@ impl SwitchCore {
         let (runner, tap) = match &kind {
             PortKind::VhostUser { socket, mode } => (
                 Some(PortRunner::start(
-                    self.clone(),
-                    uid,
+                    Arc::new(PortEvents {
+                        core: self.clone(),
+                        uid,
+                    }),
+                    self.mem_policy,
                     name,
                     socket,
                     mode.clone(),
@@ -409,7 +390,7 @@ impl SwitchCore {
     }
 
     /// A session's active rings changed.
-    pub fn set_port_queues(&self, uid: u64, queues: PortQueues) {
+    fn set_port_queues(&self, uid: u64, queues: PortQueues) {
         let mut st = self.lock();
         let Some(e) = st.ports.values_mut().find(|e| e.uid == uid) else {
             return;
@@ -421,14 +402,14 @@ impl SwitchCore {
     }
 
     /// A session's negotiated state changed.
-    pub fn set_session(&self, uid: u64, info: SessionInfo) {
+    fn set_session(&self, uid: u64, info: SessionInfo) {
         if let Some(e) = self.lock().ports.values_mut().find(|e| e.uid == uid) {
             e.session = info;
         }
     }
 
     /// A session ended: forget what was learned on the port.
-    pub fn session_ended(&self, uid: u64) {
+    fn session_ended(&self, uid: u64) {
         let mut st = self.lock();
         if let Some(e) = st.ports.values_mut().find(|e| e.uid == uid) {
             e.session = SessionInfo::default();
@@ -438,7 +419,7 @@ impl SwitchCore {
     }
 
     /// Counts (and logs, rate-limited by the caller's rarity) a vhost-user protocol error.
-    pub fn note_protocol_error(&self, uid: u64, msg: &str) {
+    fn note_protocol_error(&self, uid: u64, msg: &str) {
         let mut st = self.lock();
         if let Some((name, e)) = st.ports.iter_mut().find(|(_, e)| e.uid == uid) {
             e.protocol_errors += 1;
@@ -753,4 +734,60 @@ pub fn parse_mac_list(s: &str) -> Result<Vec<crate::fdb::Mac>, SwitchError> {
 
 fn same_path(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+}
+
+/// One port's session events, delivered to the switch under the port's uid (a deleted port's
+/// late events find no entry and are dropped).
+struct PortEvents {
+    core: Arc<SwitchCore>,
+    uid: u64,
+}
+
+impl SessionEvents for PortEvents {
+    fn session_changed(&self, info: SessionInfo) {
+        self.core.set_session(self.uid, info);
+    }
+
+    fn queues_changed(&self, queues: PortQueues) {
+        self.core.set_port_queues(self.uid, queues);
+    }
+
+    fn protocol_error(&self, error: &SessionError) {
+        self.core.note_protocol_error(self.uid, &one_line(error));
+    }
+
+    fn session_ended(&self) {
+        self.core.session_ended(self.uid);
+    }
+}
+
+/// An error and its causes on one line (`error: cause: cause`), as a port shows its last
+/// protocol error.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_mem::MemError;
+    use crate::vhost_port::ProtocolError;
+
+    #[test]
+    fn a_protocol_error_shows_with_its_causes_on_one_line() {
+        let e = SessionError::Refused(ProtocolError::MemoryTable(MemError::Unsealed { index: 0 }));
+        let line = one_line(&e);
+        assert!(
+            line.starts_with("memory table refused: memory region 0: its memfd is not sealed"),
+            "{line}"
+        );
+        assert!(line.ends_with("--allow-unsealed-memory"), "{line}");
+    }
 }

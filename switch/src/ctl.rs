@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fdb::parse_mac;
 use crate::bridge::{PortKind, SwitchCore};
+use crate::fdb::parse_mac;
 use crate::vhost_port::Mode;
 
 /// Longest request line the control socket accepts; a longer one is answered with an error and

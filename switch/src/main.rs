@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use switch::bridge::{PortKind, SwitchConfig, SwitchCore};
 use switch::config::{split_port_arg, FileConfig};
 use switch::ctl::{self, Request};
 use switch::pmd::{available_cores, parse_core_list};
-use switch::bridge::{PortKind, SwitchConfig, SwitchCore};
 use switch::vhost_port::Mode;
 
 #[derive(Parser)]

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use crate::stats::PmdStats;
 use crate::bridge::{FdbRow, PortInfo, PortStatsRow, RingRow, RxqAssignment};
+use crate::stats::PmdStats;
 
 pub fn ports_table(ports: &[PortInfo]) -> String {
     let mut s = String::new();
