@@ -17,6 +17,7 @@ use crate::datapath::{
 use crate::fdb::Fdb;
 use crate::guest_mem::MemoryPolicy;
 use crate::pmd::{PmdError, PmdHandle};
+use crate::port_spec::PortSpec;
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
 use crate::vhost_port::{
@@ -83,17 +84,10 @@ pub enum SwitchError {
     BadMac(String),
 }
 
-/// What kind of port, and where it connects.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PortKind {
-    VhostUser { socket: PathBuf, mode: Mode },
-    Tap { ifname: String },
-}
-
 struct PortEntry {
     uid: u64,
     id: u8,
-    kind: PortKind,
+    kind: PortSpec,
     queues: PortQueues,
     tap: Option<Arc<TapRt>>,
     session: SessionInfo,
@@ -122,6 +116,42 @@ struct State {
     pmd_baseline: Vec<PmdStats>,
 }
 
+/// Where a port is in its life, for `ports` (shown and serialized as `waiting`, `connected`,
+/// `up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortState {
+    /// A vhost-user port with no frontend connected.
+    Waiting,
+    /// A frontend connected, but no ring runs yet.
+    Connected,
+    /// Frames can flow: a TAP, or a session with running rings.
+    Up,
+}
+
+impl PortState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Waiting => "waiting",
+            PortState::Connected => "connected",
+            PortState::Up => "up",
+        }
+    }
+}
+
+impl std::fmt::Display for PortState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Compares with the name shown to users (`state == "up"`).
+impl PartialEq<&str> for PortState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Port facts for `ports`.
 #[derive(Clone, Debug, Serialize)]
 pub struct PortInfo {
@@ -132,7 +162,7 @@ pub struct PortInfo {
     /// Socket path or TAP interface name.
     pub target: String,
     pub mode: String,
-    pub state: String,
+    pub state: PortState,
     pub features: Vec<&'static str>,
     pub queue_pairs: usize,
     pub mem_bytes: u64,
@@ -245,7 +275,7 @@ impl SwitchCore {
     }
 
     /// Adds a port.
-    pub fn add_port(self: &Arc<Self>, name: &str, kind: PortKind) -> Result<(), SwitchError> {
+    pub fn add_port(self: &Arc<Self>, name: &str, kind: PortSpec) -> Result<(), SwitchError> {
         let valid = !name.is_empty()
             && name.len() <= 32
             && name
@@ -260,7 +290,7 @@ impl SwitchCore {
         }
         for (other, e) in &st.ports {
             match (&e.kind, &kind) {
-                (PortKind::VhostUser { socket: a, .. }, PortKind::VhostUser { socket: b, .. })
+                (PortSpec::VhostUser { socket: a, .. }, PortSpec::VhostUser { socket: b, .. })
                     if same_path(a, b) =>
                 {
                     return Err(SwitchError::SocketTaken {
@@ -268,7 +298,7 @@ impl SwitchCore {
                         port: other.clone(),
                     })
                 }
-                (PortKind::Tap { ifname: a }, PortKind::Tap { ifname: b }) if a == b => {
+                (PortSpec::Tap { ifname: a }, PortSpec::Tap { ifname: b }) if a == b => {
                     return Err(SwitchError::TapTaken {
                         ifname: b.clone(),
                         port: other.clone(),
@@ -284,7 +314,7 @@ impl SwitchCore {
         let uid = st.next_uid;
         st.next_uid += 1;
         let (runner, tap) = match &kind {
-            PortKind::VhostUser { socket, mode } => (
+            PortSpec::VhostUser { socket, mode } => (
                 Some(PortRunner::start(
                     Arc::new(PortEvents {
                         core: self.clone(),
@@ -297,7 +327,7 @@ impl SwitchCore {
                 )?),
                 None,
             ),
-            PortKind::Tap { ifname } => (None, Some(Arc::new(TapRt::open(ifname)?))),
+            PortSpec::Tap { ifname } => (None, Some(Arc::new(TapRt::open(ifname)?))),
         };
         let session = SessionInfo {
             connected: tap.is_some(),
@@ -508,34 +538,33 @@ impl SwitchCore {
             .ports
             .iter()
             .map(|(name, e)| {
-                let (kind, target, mode) = match &e.kind {
-                    PortKind::VhostUser { socket, mode } => (
-                        "vhost-user",
+                let (target, mode) = match &e.kind {
+                    PortSpec::VhostUser { socket, mode } => (
                         socket.display().to_string(),
                         match mode {
                             Mode::Server => "server",
                             Mode::Client => "client",
                         },
                     ),
-                    PortKind::Tap { ifname } => ("tap", ifname.clone(), "-"),
+                    PortSpec::Tap { ifname } => (ifname.clone(), "-"),
                 };
                 let state = if e.tap.is_some()
                     || !e.queues.to_guest.is_empty()
                     || !e.queues.from_guest.is_empty()
                 {
-                    "up"
+                    PortState::Up
                 } else if e.session.connected {
-                    "connected"
+                    PortState::Connected
                 } else {
-                    "waiting"
+                    PortState::Waiting
                 };
                 PortInfo {
                     name: name.clone(),
                     id: e.id,
-                    kind: kind.into(),
+                    kind: e.kind.type_name().into(),
                     target,
                     mode: mode.into(),
-                    state: state.into(),
+                    state,
                     features: feature_names(e.session.features),
                     queue_pairs: e.queues.from_guest.len().max(e.queues.to_guest.len()),
                     mem_bytes: e.session.mem_bytes,
@@ -779,6 +808,20 @@ mod tests {
     use super::*;
     use crate::guest_mem::MemError;
     use crate::vhost_port::ProtocolError;
+
+    #[test]
+    fn port_states_show_and_serialize_as_before() {
+        for (state, name) in [
+            (PortState::Waiting, "waiting"),
+            (PortState::Connected, "connected"),
+            (PortState::Up, "up"),
+        ] {
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+            assert!(state == name);
+        }
+        assert_eq!(format!("{:<9}|", PortState::Up), "up       |");
+    }
 
     #[test]
     fn a_protocol_error_shows_with_its_causes_on_one_line() {

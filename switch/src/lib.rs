@@ -16,6 +16,7 @@ pub mod guest_mem;
 pub mod limits;
 pub mod offload;
 pub mod pmd;
+pub mod port_spec;
 pub mod reasons;
 pub mod render;
 pub mod sg;
