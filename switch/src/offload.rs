@@ -433,7 +433,7 @@ pub unsafe fn software<E>(
         };
     }
     // SAFETY: forwarded from the caller.
-    unsafe { segment(src, off, len, gso, le16(h, 4) as usize, s, emit) }
+    unsafe { segment(src, off, len, h, s, emit) }
 }
 
 /// Builds in `s.out` the frame with its partial checksum completed.
@@ -481,20 +481,21 @@ const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
-/// Cuts a TCP GSO frame into frames of at most `mss` payload bytes.
+/// Cuts a TCP GSO frame (`h`'s GSO type) into frames of at most `h`'s `gso_size` payload
+/// bytes.
 ///
 /// # Safety
 /// As for [`software`].
-#[allow(clippy::too_many_arguments)]
 unsafe fn segment<E>(
     src: &[Seg],
     off: usize,
     len: usize,
-    gso: u8,
-    mss: usize,
+    h: &VnetHdr,
     s: &mut Scratch,
     mut emit: impl FnMut(&SegList, usize) -> Result<(), E>,
 ) -> Result<Emitted, FallbackError<E>> {
+    let gso = h[1] & !GSO_ECN;
+    let mss = le16(h, 4) as usize;
     let bad = || FallbackError::Offload(OffloadError::BadGsoFrame);
     if mss < MIN_GSO_SIZE {
         return Err(FallbackError::Offload(OffloadError::GsoSizeTooSmall));

@@ -203,13 +203,11 @@ impl SessionError {
             VuError::ReqHandlerError(io)
                 if io.get_ref().is_some_and(|e| e.is::<ProtocolError>()) =>
             {
-                match io.into_inner().map(|e| e.downcast::<ProtocolError>()) {
-                    Some(Ok(ours)) => SessionError::Refused(*ours),
-                    Some(Err(other)) => {
-                        SessionError::Message(VuError::ReqHandlerError(io::Error::other(other)))
-                    }
-                    None => unreachable!("checked: the io::Error wraps an error"),
-                }
+                let ours = io
+                    .into_inner()
+                    .and_then(|e| e.downcast::<ProtocolError>().ok())
+                    .expect("checked just above: the io::Error wraps a ProtocolError");
+                SessionError::Refused(*ours)
             }
             other => SessionError::Message(other),
         }
