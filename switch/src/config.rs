@@ -10,7 +10,7 @@
 //! max_guest_memory = "64G"       # per memory table (default: the host's MemTotal)
 //! [[port]]
 //! name = "vm1"
-//! type = "vhost-user"        # or "tap"
+//! type = "vhost-user"        # or "tap"; also "vhost-user-client", and OVS's dpdkvhostuser(client)
 //! socket = "/tmp/vm1.sock"   # for vhost-user
 //! client = false             # true: the switch connects (QEMU server=on)
 //! allowed_macs = ["52:54:00:00:00:01"]   # port security (optional): only these sources
@@ -25,35 +25,81 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::port_spec::{PortFields, PortSpec, PortSpecError, PortType};
+
 /// One port in the config file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "PortTable")]
 pub struct PortConfig {
     pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub socket: Option<PathBuf>,
-    #[serde(default)]
-    pub client: bool,
-    pub ifname: Option<String>,
+    /// What the port is (the table's `type`, `socket`, `client` and `ifname`).
+    pub spec: PortSpec,
     /// Port security: source MACs the port may use (absent or empty: any).
-    #[serde(default)]
     pub allowed_macs: Vec<String>,
     /// Port security: most MACs learned on the port (absent or 0: no cap).
-    #[serde(default)]
     pub max_macs: u32,
+}
+
+/// A `[[port]]` table as written. The port's own fields are [`PortFields`]' (not flattened in:
+/// `#[serde(flatten)]` would let unknown keys through).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortTable {
+    name: String,
+    #[serde(rename = "type")]
+    kind: PortType,
+    socket: Option<PathBuf>,
+    client: Option<bool>,
+    ifname: Option<String>,
+    #[serde(default)]
+    allowed_macs: Vec<String>,
+    #[serde(default)]
+    max_macs: u32,
+}
+
+/// A `[[port]]` table that does not describe a port.
+#[derive(Debug, thiserror::Error)]
+#[error("port {name:?}: {error}")]
+pub struct PortTableError {
+    name: String,
+    error: PortSpecError,
+}
+
+impl TryFrom<PortTable> for PortConfig {
+    type Error = PortTableError;
+
+    fn try_from(t: PortTable) -> Result<Self, PortTableError> {
+        let fields = PortFields {
+            kind: t.kind,
+            socket: t.socket,
+            client: t.client,
+            ifname: t.ifname,
+        };
+        match PortSpec::try_from(fields) {
+            Ok(spec) => Ok(PortConfig {
+                name: t.name,
+                spec,
+                allowed_macs: t.allowed_macs,
+                max_macs: t.max_macs,
+            }),
+            Err(error) => Err(PortTableError {
+                name: t.name,
+                error,
+            }),
+        }
+    }
 }
 
 impl PortConfig {
     /// The port's security settings, when any are set.
     pub fn security(
         &self,
-    ) -> Result<Option<crate::datapath::PortSecurity>, crate::switch::SwitchError> {
+    ) -> Result<Option<crate::datapath::PortSecurity>, crate::bridge::SwitchError> {
         if self.allowed_macs.is_empty() && self.max_macs == 0 {
             return Ok(None);
         }
         Ok(Some(crate::datapath::PortSecurity {
-            allowed_macs: crate::switch::parse_mac_list(&self.allowed_macs.join(","))?,
+            allowed_macs: crate::bridge::parse_mac_list(&self.allowed_macs.join(","))?,
             max_macs: self.max_macs,
         }))
     }
@@ -82,12 +128,6 @@ pub enum ConfigError {
     Read(PathBuf, #[source] std::io::Error),
     #[error("config file {0} is not valid")]
     Parse(PathBuf, #[source] toml::de::Error),
-    #[error("config file {path}: port {name:?} needs `{field}`")]
-    Missing {
-        path: PathBuf,
-        name: String,
-        field: &'static str,
-    },
     #[error("{0:?} is not NAME:{1}")]
     BadPortArg(String, &'static str),
 }
@@ -96,22 +136,7 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
-        let cfg: FileConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), e))?;
-        for p in &cfg.port {
-            let (field, ok) = match p.kind.as_str() {
-                "tap" => ("ifname", p.ifname.is_some()),
-                _ => ("socket", p.socket.is_some()),
-            };
-            if !ok {
-                return Err(ConfigError::Missing {
-                    path: path.to_path_buf(),
-                    name: p.name.clone(),
-                    field,
-                });
-            }
-        }
-        Ok(cfg)
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), e))
     }
 }
 
@@ -141,15 +166,63 @@ mod tests {
         assert_eq!(cfg.pmd_cores, Some(vec![1]));
         assert_eq!(cfg.port.len(), 2);
         assert_eq!(cfg.max_guest_memory.map(|b| b.0), Some(2 << 30));
-        assert_eq!(cfg.port[1].ifname.as_deref(), Some("tap9"));
-        std::fs::write(&path, "[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\n").unwrap();
-        assert!(matches!(
-            FileConfig::load(&path),
-            Err(ConfigError::Missing {
-                field: "socket",
+        assert_eq!(
+            cfg.port[0].spec,
+            PortSpec::VhostUser {
+                socket: "/tmp/a.sock".into(),
+                mode: crate::vhost_port::Mode::Server
+            }
+        );
+        assert_eq!(
+            cfg.port[1].spec,
+            PortSpec::Tap {
+                ifname: "tap9".into()
+            }
+        );
+        let refused = |text: &str| -> String {
+            std::fs::write(&path, text).unwrap();
+            match FileConfig::load(&path) {
+                Err(ConfigError::Parse(_, e)) => e.to_string(),
+                other => panic!("{text:?} was not refused: {other:?}"),
+            }
+        };
+        let e = refused("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\n");
+        assert!(
+            e.contains("port \"vm1\": a vhost-user port needs `socket`"),
+            "{e}"
+        );
+        // An unknown type (which used to start a vhost-user port) names the field and the
+        // accepted values; so does an unknown key.
+        let e = refused("[[port]]\nname = \"vm1\"\ntype = \"vhots-user\"\nsocket = \"/a\"\n");
+        assert!(
+            e.contains(
+                "unknown port type \"vhots-user\": `type` accepts vhost-user, dpdkvhostuser, \
+                 vhost-user-client, dpdkvhostuserclient, tap"
+            ),
+            "{e}"
+        );
+        let e = refused("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsockt = \"/a\"\n");
+        assert!(e.contains("unknown field `sockt`"), "{e}");
+        let e = refused("[[port]]\nname = \"t\"\ntype = \"tap\"\nifname = \"t\"\nclient = true\n");
+        assert!(
+            e.contains("port \"t\": `client` does not apply to a tap port"),
+            "{e}"
+        );
+        // OVS's names, and the client type.
+        std::fs::write(
+            &path,
+            "[[port]]\nname = \"a\"\ntype = \"dpdkvhostuserclient\"\nsocket = \"/a\"\n\
+             [[port]]\nname = \"b\"\ntype = \"vhost-user\"\nsocket = \"/b\"\nclient = true\n",
+        )
+        .unwrap();
+        let cfg = FileConfig::load(&path).unwrap();
+        assert!(cfg.port.iter().all(|p| matches!(
+            p.spec,
+            PortSpec::VhostUser {
+                mode: crate::vhost_port::Mode::Client,
                 ..
-            })
-        ));
+            }
+        )));
         std::fs::write(&path, "pmd_cores = 1\n").unwrap();
         assert!(matches!(
             FileConfig::load(&path),

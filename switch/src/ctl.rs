@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bridge::SwitchCore;
 use crate::fdb::parse_mac;
-use crate::switch::{PortKind, SwitchCore};
-use crate::vhost_port::Mode;
+use crate::port_spec::PortSpec;
 
 /// Longest request line the control socket accepts; a longer one is answered with an error and
 /// the connection closed.
@@ -32,11 +32,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     AddPort {
         name: String,
-        #[serde(rename = "type")]
-        kind: String,
-        target: String,
-        #[serde(default)]
-        client: bool,
+        /// Read by the same rules as a config file's `[[port]]` table.
+        port: PortSpec,
     },
     DelPort {
         name: String,
@@ -317,33 +314,10 @@ fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream) -> bool {
 /// Runs one request against the switch.
 pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
     match req {
-        Request::AddPort {
-            name,
-            kind,
-            target,
-            client,
-        } => {
-            let kind = match kind.as_str() {
-                "vhost-user" | "dpdkvhostuser" => PortKind::VhostUser {
-                    socket: PathBuf::from(&target),
-                    mode: if client { Mode::Client } else { Mode::Server },
-                },
-                "vhost-user-client" | "dpdkvhostuserclient" => PortKind::VhostUser {
-                    socket: PathBuf::from(&target),
-                    mode: Mode::Client,
-                },
-                "tap" => PortKind::Tap { ifname: target },
-                other => {
-                    return Response::err(format!(
-                        "unknown port type {other:?} (use vhost-user or tap)"
-                    ))
-                }
-            };
-            match core.add_port(&name, kind) {
-                Ok(()) => Response::ok(serde_json::Value::Null, format!("added port {name}\n")),
-                Err(e) => Response::err(e),
-            }
-        }
+        Request::AddPort { name, port } => match core.add_port(&name, port) {
+            Ok(()) => Response::ok(serde_json::Value::Null, format!("added port {name}\n")),
+            Err(e) => Response::err(e),
+        },
         Request::DelPort { name } => match core.del_port(&name) {
             Ok(()) => Response::ok(serde_json::Value::Null, format!("deleted port {name}\n")),
             Err(e) => Response::err(e),
@@ -358,7 +332,7 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
                 Err(e) => return Response::err(e),
             };
             if let Some(list) = allowed_macs {
-                match crate::switch::parse_mac_list(&list) {
+                match crate::bridge::parse_mac_list(&list) {
                     Ok(macs) => sec.allowed_macs = macs,
                     Err(e) => return Response::err(e),
                 }
@@ -451,7 +425,7 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::switch::SwitchConfig;
+    use crate::bridge::SwitchConfig;
     use std::io::Read;
     use std::time::Instant;
 

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use switch::bridge::{SwitchConfig, SwitchCore};
 use switch::config::{split_port_arg, FileConfig};
 use switch::ctl::{self, Request};
 use switch::pmd::{available_cores, parse_core_list};
-use switch::switch::{PortKind, SwitchConfig, SwitchCore};
+use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
 
 #[derive(Parser)]
@@ -221,32 +222,19 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
     let server = ctl::CtlServer::bind(&ctl_path)?;
     let core = SwitchCore::new(&cfg)?;
 
-    let mut ports: Vec<(String, PortKind)> = Vec::new();
+    let mut ports: Vec<(String, PortSpec)> = Vec::new();
     let mut security = Vec::new();
     for p in &file.port {
         if let Some(sec) = p.security()? {
             security.push((p.name.clone(), sec));
         }
-        let kind = match p.kind.as_str() {
-            "tap" => PortKind::Tap {
-                ifname: p.ifname.clone().unwrap_or_default(),
-            },
-            _ => PortKind::VhostUser {
-                socket: p.socket.clone().unwrap_or_default(),
-                mode: if p.client || p.kind == "vhost-user-client" {
-                    Mode::Client
-                } else {
-                    Mode::Server
-                },
-            },
-        };
-        ports.push((p.name.clone(), kind));
+        ports.push((p.name.clone(), p.spec.clone()));
     }
     for a in &args.vhost_user {
         let (n, s) = split_port_arg(a, "SOCKET")?;
         ports.push((
             n,
-            PortKind::VhostUser {
+            PortSpec::VhostUser {
                 socket: s.into(),
                 mode: Mode::Server,
             },
@@ -256,7 +244,7 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
         let (n, s) = split_port_arg(a, "SOCKET")?;
         ports.push((
             n,
-            PortKind::VhostUser {
+            PortSpec::VhostUser {
                 socket: s.into(),
                 mode: Mode::Client,
             },
@@ -264,7 +252,7 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
     }
     for a in &args.tap {
         let (n, i) = split_port_arg(a, "IFNAME")?;
-        ports.push((n, PortKind::Tap { ifname: i }));
+        ports.push((n, PortSpec::Tap { ifname: i }));
     }
     for (name, kind) in ports {
         if let Err(e) = core.add_port(&name, kind) {
@@ -307,9 +295,7 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
             client,
         } => vec![Request::AddPort {
             name,
-            kind,
-            target,
-            client,
+            port: PortSpec::from_words(&kind, &target, client)?,
         }],
         CtlCmd::DelPort { name } => vec![Request::DelPort { name }],
         CtlCmd::SetPort {

@@ -14,10 +14,8 @@
 //! 64 KiB of work or emit more than [`MAX_GSO_SEGS`] frames per destination. The fallback
 //! bounds its own work the same way, whatever reaches it.
 
-use crate::datapath::{enqueue, EnqueueError, Forwarder, Pkt, TxBufs, NO_OFFLOADS};
 use crate::sg::{Seg, SegList};
-use crate::stats::TxDrop;
-use crate::vring::{ChainError, DeviceRing};
+use crate::vring::ChainError;
 
 /// virtio-net header flag: the checksum at `csum_start + csum_offset` must be completed.
 pub const F_NEEDS_CSUM: u8 = 1;
@@ -103,6 +101,9 @@ impl OffloadError {
 
 /// The offload fields of a virtio-net header (its first 10 bytes, as on the wire).
 pub type VnetHdr = [u8; 10];
+
+/// The virtio-net header fields of a frame without offloads.
+pub const NO_OFFLOADS: VnetHdr = [0; 10];
 
 #[inline(always)]
 fn le16(h: &VnetHdr, at: usize) -> u16 {
@@ -432,7 +433,7 @@ pub unsafe fn software<E>(
         };
     }
     // SAFETY: forwarded from the caller.
-    unsafe { segment(src, off, len, gso, le16(h, 4) as usize, s, emit) }
+    unsafe { segment(src, off, len, h, s, emit) }
 }
 
 /// Builds in `s.out` the frame with its partial checksum completed.
@@ -480,20 +481,21 @@ const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
-/// Cuts a TCP GSO frame into frames of at most `mss` payload bytes.
+/// Cuts a TCP GSO frame (`h`'s GSO type) into frames of at most `h`'s `gso_size` payload
+/// bytes.
 ///
 /// # Safety
 /// As for [`software`].
-#[allow(clippy::too_many_arguments)]
 unsafe fn segment<E>(
     src: &[Seg],
     off: usize,
     len: usize,
-    gso: u8,
-    mss: usize,
+    h: &VnetHdr,
     s: &mut Scratch,
     mut emit: impl FnMut(&SegList, usize) -> Result<(), E>,
 ) -> Result<Emitted, FallbackError<E>> {
+    let gso = h[1] & !GSO_ECN;
+    let mss = le16(h, 4) as usize;
     let bad = || FallbackError::Offload(OffloadError::BadGsoFrame);
     if mss < MIN_GSO_SIZE {
         return Err(FallbackError::Offload(OffloadError::GsoSizeTooSmall));
@@ -578,86 +580,3 @@ unsafe fn segment<E>(
 #[cfg(test)]
 #[path = "offload_tests.rs"]
 mod tests;
-
-impl Forwarder<'_> {
-    /// Reads and checks the offload fields of a frame from a source that may send them and
-    /// negotiated `src` (`OFL_*`: a guest's HOST offloads, [`OFL_ALL`] for a TAP). False (the
-    /// frame dropped, counted as `OffloadNotNegotiated` or `BadOffload`) when they are refused
-    /// (see [`validate`]).
-    #[inline(never)]
-    pub(crate) fn read_offloads(&self, port: u8, src: u8, p: &mut Pkt) -> bool {
-        let mut h: VnetHdr = [0; 10];
-        let segs = p.segs.segs();
-        // SAFETY: the segments were validated by the ring walk (or are the TAP's own buffer)
-        // and hold at least a header and an Ethernet header; the caller holds what keeps them
-        // mapped.
-        unsafe { crate::sg::read(segs, 0, &mut h) };
-        let off = p.off as usize;
-        // SAFETY: as above; `validate` asks for at most the frame's first MAX_HDR bytes, into
-        // its own buffer.
-        let head = |b: &mut [u8]| unsafe { crate::sg::read(segs, off, b) };
-        match validate(&h, src, p.len as usize, head) {
-            Ok((needs, vnet)) => {
-                p.needs = needs;
-                p.vnet = vnet;
-                true
-            }
-            Err(e) => {
-                p.len = 0;
-                self.note_error(port, e.reason());
-                false
-            }
-        }
-    }
-
-    /// Delivers a frame that needs offloads the destination lacks as complete frames.
-    /// Returns (frames sent, bytes sent, frames dropped).
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn deliver_fallback(
-        &self,
-        port: u8,
-        ring: &mut DeviceRing,
-        p: &Pkt,
-        hdr_len: usize,
-        mrg: bool,
-        bufs: &mut TxBufs,
-    ) -> (u64, u64, Option<TxDrop>) {
-        let TxBufs {
-            first,
-            cur,
-            offload: scratch,
-            ..
-        } = bufs;
-        // SAFETY: `p.segs` was validated by the source ring's walk (or is the TAP's buffer) and
-        // the caller holds the source ring's lock, which keeps it mapped.
-        let r = unsafe {
-            software(
-                p.segs.segs(),
-                p.off as usize,
-                p.len as usize,
-                &p.vnet,
-                scratch,
-                |list, len| enqueue(ring, list, 0, len, hdr_len, mrg, &NO_OFFLOADS, first, cur),
-            )
-        };
-        match r {
-            Ok(e) => (e.frames, e.bytes, None),
-            Err(FallbackError::Offload(e)) => {
-                self.note_error(port, e.reason());
-                (0, 0, Some(TxDrop::OffloadFailed))
-            }
-            Err(FallbackError::Emit { err, sent, bytes }) => {
-                let why = match err {
-                    EnqueueError::NoBuffer => TxDrop::NoRxBuffer,
-                    EnqueueError::TooBig => TxDrop::RxBufferTooSmall,
-                    EnqueueError::Bad(e) => {
-                        self.note_error(port, e);
-                        TxDrop::RxRingError
-                    }
-                };
-                (sent, bytes, Some(why))
-            }
-        }
-    }
-}

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::bridge::{FdbRow, PortInfo, PortStatsRow, RingRow, RxqAssignment};
 use crate::stats::PmdStats;
-use crate::switch::{FdbRow, PortInfo, PortStatsRow, RingRow, RxqAssignment};
 
 pub fn ports_table(ports: &[PortInfo]) -> String {
     let mut s = String::new();

@@ -3,47 +3,28 @@
 //! A counter is an `AtomicU64` updated with a relaxed load and store (single writer, so no
 //! read-modify-write is needed), once per burst from locals.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use serde::Serialize;
 
-use crate::datapath::MAX_PORTS;
+use crate::limits::MAX_PORTS;
+use crate::reasons::{ReasonKind, MAX_REASONS};
 use crate::vring::ChainError;
 
-/// Why a frame for a port was not delivered to it (its `tx_dropped`, by reason).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum TxDrop {
-    /// The port had no rx buffer posted.
-    NoRxBuffer,
-    /// The frame does not fit the posted rx buffer (no mergeable buffers).
-    RxBufferTooSmall,
-    /// The port's rx descriptors were bad, or its rx ring is broken.
-    RxRingError,
-    /// The frame needed a software offload (checksum/segmentation) that failed.
-    OffloadFailed,
-    /// A TAP device refused the write.
-    TapWriteFailed,
-}
-
-impl TxDrop {
-    pub const ALL: [TxDrop; 5] = [
-        TxDrop::NoRxBuffer,
-        TxDrop::RxBufferTooSmall,
-        TxDrop::RxRingError,
-        TxDrop::OffloadFailed,
-        TxDrop::TapWriteFailed,
-    ];
-    pub const COUNT: usize = Self::ALL.len();
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TxDrop::NoRxBuffer => "no_rx_buffer",
-            TxDrop::RxBufferTooSmall => "rx_buffer_too_small",
-            TxDrop::RxRingError => "rx_ring_error",
-            TxDrop::OffloadFailed => "offload_failed",
-            TxDrop::TapWriteFailed => "tap_write_failed",
-        }
+crate::counted_reasons! {
+    /// Why a frame for a port was not delivered to it (its `tx_dropped`, by reason).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum TxDrop {
+        /// The port had no rx buffer posted.
+        NoRxBuffer => "no_rx_buffer",
+        /// The frame does not fit the posted rx buffer (no mergeable buffers).
+        RxBufferTooSmall => "rx_buffer_too_small",
+        /// The port's rx descriptors were bad, or its rx ring is broken.
+        RxRingError => "rx_ring_error",
+        /// The frame needed a software offload (checksum/segmentation) that failed.
+        OffloadFailed => "offload_failed",
+        /// A TAP device refused the write.
+        TapWriteFailed => "tap_write_failed",
     }
 }
 
@@ -100,31 +81,6 @@ impl PortCounters {
     pub fn dropped(&self, why: TxDrop, n: u64) {
         self.tx_dropped.add(n);
         self.drop_reasons[why as usize].add(n);
-    }
-}
-
-/// A set of reasons counted per port.
-pub trait ReasonKind {
-    /// Number of reasons (at most [`MAX_REASONS`]).
-    const COUNT: usize;
-    /// The reason's key in JSON and tables.
-    fn name(i: usize) -> &'static str;
-}
-
-/// Capacity of a [`Reasons`] table.
-pub const MAX_REASONS: usize = 16;
-
-impl ReasonKind for ChainError {
-    const COUNT: usize = ChainError::COUNT;
-    fn name(i: usize) -> &'static str {
-        ChainError::ALL[i].name()
-    }
-}
-
-impl ReasonKind for TxDrop {
-    const COUNT: usize = TxDrop::COUNT;
-    fn name(i: usize) -> &'static str {
-        TxDrop::ALL[i].name()
     }
 }
 
@@ -250,6 +206,25 @@ impl PortStats {
     }
 }
 
+/// The last refusal reason a PMD counted on a port (written by that PMD, read by the control
+/// path's rate-limited log).
+#[derive(Default)]
+pub struct LastError(AtomicU8);
+
+impl LastError {
+    /// Encoding: 0 is "none", else the reason's index + 1.
+    #[inline(always)]
+    pub fn record(&self, e: ChainError) {
+        self.0.store(e as u8 + 1, Ordering::Relaxed);
+    }
+
+    /// The reason last recorded, if any.
+    pub fn get(&self) -> Option<ChainError> {
+        let code = self.0.load(Ordering::Relaxed) as usize;
+        ChainError::from_index(code.checked_sub(1)?)
+    }
+}
+
 /// Everything one PMD counts.
 pub struct PmdCounters {
     pub ports: Vec<PortCounters>,
@@ -263,8 +238,8 @@ pub struct PmdCounters {
     pub burst_packets: Counter,
     /// Interrupts (call eventfd writes) sent to guests.
     pub interrupts: Counter,
-    /// Last error seen per port (`ChainError as u64 + 1`; 0 none), for the rate-limited log.
-    pub last_error: Vec<AtomicU64>,
+    /// Last error seen per port, for the rate-limited log.
+    pub last_error: Vec<LastError>,
 }
 
 impl Default for PmdCounters {
@@ -277,7 +252,7 @@ impl Default for PmdCounters {
             bursts: Counter::default(),
             burst_packets: Counter::default(),
             interrupts: Counter::default(),
-            last_error: (0..MAX_PORTS).map(|_| AtomicU64::new(0)).collect(),
+            last_error: (0..MAX_PORTS).map(|_| LastError::default()).collect(),
         }
     }
 }
@@ -358,6 +333,12 @@ mod tests {
         }
         for (i, d) in TxDrop::ALL.iter().enumerate() {
             assert_eq!(*d as usize, i);
+        }
+        let last = LastError::default();
+        assert_eq!(last.get(), None);
+        for e in ChainError::ALL {
+            last.record(e);
+            assert_eq!(last.get(), Some(e));
         }
         let c = PortCounters::default();
         c.error(ChainError::TooLong, 3);

@@ -15,8 +15,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::datapath::{Forwarder, Pkt, SpinLock, BURST, NO_OFFLOADS};
-use crate::vring::ChainError;
+use crate::limits::BURST;
+use crate::sg::{Seg, MAX_SEGS};
+use crate::spin::{SpinGuard, SpinLock};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -96,6 +97,112 @@ pub struct TapRt {
     offloads: bool,
 }
 
+/// What one read from a TAP gave.
+pub enum TapRead {
+    /// A frame of `len` bytes (virtio-net header included, so at least [`TAP_HDR_LEN`] + 14)
+    /// at `ptr`, in the slot it was read into.
+    Frame { ptr: *mut u8, len: usize },
+    /// Shorter than the virtio-net and Ethernet headers.
+    Runt,
+    /// Filled the slot: the kernel truncated a frame longer than any we accept.
+    Truncated,
+    /// Nothing more to read now (EAGAIN), or the read failed.
+    Empty,
+}
+
+/// A TAP's receive slots, held by one PMD for one poll.
+pub struct TapReader<'a> {
+    tap: &'a TapRt,
+    bufs: SpinGuard<'a, TapRxBufs>,
+}
+
+impl TapReader<'_> {
+    /// Reads one frame into receive slot `slot` (below [`BURST`]); what is there is
+    /// overwritten.
+    #[inline(always)]
+    pub fn read(&mut self, slot: usize) -> TapRead {
+        assert!(slot < BURST);
+        // SAFETY: slot < BURST lies inside `mem` (SLOT * BURST bytes), which we hold
+        // exclusively (nobody else maps it).
+        let ptr = unsafe { self.bufs.mem.as_ptr().add(slot * SLOT) };
+        // SAFETY: reading at most SLOT bytes into our own slot.
+        let got = unsafe { libc::read(self.tap.file.as_raw_fd(), ptr as *mut libc::c_void, SLOT) };
+        if got < 0 {
+            return TapRead::Empty;
+        }
+        let len = got as usize;
+        if len < TAP_HDR_LEN + 14 {
+            TapRead::Runt
+        } else if len == SLOT {
+            // SLOT is above the largest header + GSO frame.
+            TapRead::Truncated
+        } else {
+            TapRead::Frame { ptr, len }
+        }
+    }
+}
+
+/// Writes frames to a TAP (one writer per delivery, so its iovec array is set up once).
+pub struct TapWriter<'a> {
+    tap: &'a TapRt,
+    iov: [libc::iovec; MAX_SEGS + 1],
+}
+
+impl TapWriter<'_> {
+    /// Writes one frame: `hdr`, then `len` bytes at `off` of `segs`. A chain longer than the
+    /// iovec array (legal, up to the queue size) is written from a linear copy in `linear`.
+    /// False when the TAP refused the frame (or it does not fit `linear`).
+    ///
+    /// # Safety
+    /// Every segment of `segs` must be readable for its length during the call.
+    pub unsafe fn write(
+        &mut self,
+        hdr: &[u8; TAP_HDR_LEN],
+        segs: &[Seg],
+        off: usize,
+        len: usize,
+        linear: &mut [u8],
+    ) -> bool {
+        let fd = self.tap.file.as_raw_fd();
+        if segs.len() >= self.iov.len() {
+            let Some(line) = linear.get_mut(..TAP_HDR_LEN + len) else {
+                return false;
+            };
+            line[..TAP_HDR_LEN].copy_from_slice(hdr);
+            // SAFETY: the caller vouches for `segs`.
+            if !unsafe { crate::sg::read(segs, off, &mut line[TAP_HDR_LEN..]) } {
+                return false;
+            }
+            // SAFETY: `line` is our own buffer; write only reads it.
+            return unsafe { libc::write(fd, line.as_ptr() as *const libc::c_void, line.len()) }
+                >= 0;
+        }
+        self.iov[0] = libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: TAP_HDR_LEN,
+        };
+        let mut cnt = 1;
+        let mut skip = off;
+        for s in segs {
+            let len = s.len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            self.iov[cnt] = libc::iovec {
+                // SAFETY: skip < len, so the pointer stays inside the segment.
+                iov_base: unsafe { s.ptr.add(skip) } as *mut libc::c_void,
+                iov_len: len - skip,
+            };
+            skip = 0;
+            cnt += 1;
+        }
+        // SAFETY: every iovec points at a segment the caller vouches for, or at `hdr`; writev
+        // only reads them.
+        unsafe { libc::writev(fd, self.iov.as_ptr(), cnt as libc::c_int) >= 0 }
+    }
+}
+
 impl TapRt {
     /// Creates (or attaches to) TAP `ifname`, non-blocking, with a vnet header, and sets it up.
     pub fn open(ifname: &str) -> Result<Self, TapError> {
@@ -157,6 +264,35 @@ impl TapRt {
     }
 }
 
+impl TapRt {
+    /// The kernel accepted checksum/TSO offloads: frames read may carry offload fields.
+    #[inline(always)]
+    pub fn offloads(&self) -> bool {
+        self.offloads
+    }
+
+    /// The receive slots, unless another PMD is polling the TAP.
+    #[inline(always)]
+    pub fn reader(&self) -> Option<TapReader<'_>> {
+        Some(TapReader {
+            tap: self,
+            bufs: self.rx.try_lock()?,
+        })
+    }
+
+    /// A writer for one delivery.
+    #[inline(always)]
+    pub fn writer(&self) -> TapWriter<'_> {
+        TapWriter {
+            tap: self,
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_SEGS + 1],
+        }
+    }
+}
+
 fn set_link_up(ifname: &str) -> io::Result<()> {
     // SAFETY: plain socket creation; the fd is checked and closed below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -177,173 +313,4 @@ fn set_link_up(ifname: &str) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Reads up to a burst from the TAP and forwards it.
-pub fn poll(
-    fwd: &Forwarder<'_>,
-    port: u8,
-    tap: &TapRt,
-    ws: &mut crate::datapath::Workspace,
-) -> usize {
-    let Some(rx) = tap.rx.try_lock() else {
-        return 0;
-    };
-    let base = rx.mem.as_ptr();
-    let mut n = 0;
-    let mut union = 0u64;
-    let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
-    let (mut runts, mut too_long) = (0u64, 0u64);
-    // Rejected frames do not fill the burst, so the reads are bounded separately: a flood of
-    // bad frames costs at most this many reads per poll.
-    let mut reads = 0;
-    while n < BURST && reads < 2 * BURST {
-        reads += 1;
-        // SAFETY: slot n lies inside `mem` (at least SLOT * BURST bytes), which we hold
-        // exclusively (nobody else maps it).
-        let slot = unsafe { base.add(n * SLOT) };
-        // SAFETY: reading at most SLOT bytes into our own slot.
-        let got = unsafe { libc::read(tap.file.as_raw_fd(), slot as *mut libc::c_void, SLOT) };
-        if got < 0 {
-            break; // EAGAIN (nothing more) or an error; either way the burst ends here.
-        }
-        let got = got as usize;
-        if got < TAP_HDR_LEN + 14 {
-            runts += 1;
-            continue;
-        }
-        if got == SLOT {
-            // The read filled the slot: the kernel truncated a frame longer than any we accept
-            // (SLOT is above the largest header + GSO frame).
-            too_long += 1;
-            continue;
-        }
-        let p: &mut Pkt = &mut ws.pkts[n];
-        p.segs.clear();
-        p.segs.push(slot, got as u32);
-        p.off = TAP_HDR_LEN as u32;
-        p.len = (got - TAP_HDR_LEN) as u32;
-        p.needs = 0;
-        if tap.offloads && !fwd.read_offloads(port, crate::offload::OFL_ALL, p) {
-            continue; // counted; the slot is reused
-        }
-        if p.len > fwd.snap.limits.max_frame
-            && p.needs & (crate::offload::OFL_TSO4 | crate::offload::OFL_TSO6) == 0
-        {
-            too_long += 1;
-            continue;
-        }
-        let mut eth = [0u8; 12];
-        // SAFETY: `got` >= header + 14 bytes were just written into our slot.
-        unsafe { std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12) };
-        p.dest = match fwd.classify(port, &eth) {
-            Ok(dest) => dest,
-            Err(e) => {
-                fwd.note_error(port, e);
-                continue;
-            }
-        };
-        union |= p.dest;
-        rx_packets += 1;
-        rx_bytes += p.len as u64;
-        n += 1;
-    }
-    if n > 0 {
-        fwd.deliver(&ws.pkts[..n], union, &mut ws.bufs, ws.pmd_index);
-    }
-    let pc = &fwd.counters.ports[port as usize];
-    pc.rx_packets.add(rx_packets);
-    pc.rx_bytes.add(rx_bytes);
-    for (why, count) in [(ChainError::Runt, runts), (ChainError::TooLong, too_long)] {
-        if count > 0 {
-            pc.error(why, count);
-            fwd.counters.last_error[port as usize].store(
-                crate::datapath::error_code(why),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-    }
-    n
-}
-
-/// Writes the frames of `pkts` addressed to `bit` to the TAP.
-pub fn deliver(
-    fwd: &Forwarder<'_>,
-    port: u8,
-    tap: &TapRt,
-    pkts: &[Pkt],
-    bit: u64,
-    bufs: &mut crate::datapath::TxBufs,
-) {
-    let mut hdr = [0u8; TAP_HDR_LEN];
-    let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; crate::sg::MAX_SEGS + 1];
-    for p in pkts.iter().filter(|p| p.dest & bit != 0) {
-        // The kernel completes checksums and segments what we write (num_buffers is unused).
-        hdr[..10].copy_from_slice(if p.needs == 0 { &NO_OFFLOADS } else { &p.vnet });
-        if p.segs.segs().len() >= iov.len() {
-            // A chain longer than our iovec (legal, up to the queue size): write it from a
-            // linear copy.
-            let Some(line) = bufs.linear.get_mut(..TAP_HDR_LEN + p.len as usize) else {
-                dropped += 1;
-                continue;
-            };
-            line[..TAP_HDR_LEN].copy_from_slice(&hdr);
-            // SAFETY: validated guest segments, kept mapped by the caller's source ring lock.
-            let ok =
-                unsafe { crate::sg::read(p.segs.segs(), p.off as usize, &mut line[TAP_HDR_LEN..]) };
-            // SAFETY: `line` is our own buffer; write only reads it.
-            let r = ok.then(|| unsafe {
-                libc::write(
-                    tap.file.as_raw_fd(),
-                    line.as_ptr() as *const libc::c_void,
-                    line.len(),
-                )
-            });
-            match r {
-                Some(r) if r >= 0 => {
-                    sent += 1;
-                    bytes += p.len as u64;
-                }
-                _ => dropped += 1,
-            }
-            continue;
-        }
-        iov[0] = libc::iovec {
-            iov_base: hdr.as_ptr() as *mut libc::c_void,
-            iov_len: TAP_HDR_LEN,
-        };
-        let mut cnt = 1;
-        let mut skip = p.off as usize;
-        for s in p.segs.segs() {
-            let len = s.len as usize;
-            if skip >= len {
-                skip -= len;
-                continue;
-            }
-            iov[cnt] = libc::iovec {
-                // SAFETY: skip < len, so the pointer stays inside the segment.
-                iov_base: unsafe { s.ptr.add(skip) } as *mut libc::c_void,
-                iov_len: len - skip,
-            };
-            skip = 0;
-            cnt += 1;
-        }
-        // SAFETY: every iovec points at a validated guest segment (or our header) that stays
-        // mapped while the caller holds the source ring's lock; writev only reads them.
-        let r = unsafe { libc::writev(tap.file.as_raw_fd(), iov.as_ptr(), cnt as libc::c_int) };
-        if r < 0 {
-            dropped += 1;
-        } else {
-            sent += 1;
-            bytes += p.len as u64;
-        }
-    }
-    let pc = &fwd.counters.ports[port as usize];
-    pc.tx_packets.add(sent);
-    pc.tx_bytes.add(bytes);
-    pc.dropped(crate::stats::TxDrop::TapWriteFailed, dropped);
 }

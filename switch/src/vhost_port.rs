@@ -6,6 +6,9 @@
 //! enabled and the memory table is mapped; it is then handed to the datapath as a [`QueueRt`].
 //! Stopping a ring (GET_VRING_BASE, a new memory table, a new call fd, disconnect) first removes
 //! it from every PMD snapshot (acknowledged), then reads where the device stopped.
+//!
+//! A session knows nothing of the switch: it reports what happens through [`SessionEvents`],
+//! which the port's owner implements (the bridge, or a recording mock in the tests).
 
 use std::fs::File;
 use std::io;
@@ -28,10 +31,11 @@ use vhost::vhost_user::{
 use vhost::VhostUserMemoryRegionBase;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use serde::Serialize;
+
 use crate::datapath::QueueRt;
-use crate::guest_mem::{GuestMemory, RegionDesc};
-use crate::switch::{PortQueues, SessionInfo, SwitchCore};
-use crate::vring::{DeviceRing, RingAddrs};
+use crate::guest_mem::{GuestMemory, MemError, MemoryPolicy, RegionDesc};
+use crate::vring::{DeviceRing, RingAddrs, RingError, MAX_QUEUE_SIZE};
 
 /// Queue pairs a port offers (VIRTIO_NET_F_MQ).
 pub const MAX_QUEUE_PAIRS: usize = 8;
@@ -100,8 +104,119 @@ pub fn feature_names(features: u64) -> Vec<&'static str> {
         .collect()
 }
 
-fn req_err(msg: String) -> VuError {
-    VuError::ReqHandlerError(io::Error::other(msg))
+/// Rings a vhost-user session has active, as handed to the datapath.
+#[derive(Default)]
+pub struct PortQueues {
+    pub hdr_len: usize,
+    pub mrg_rxbuf: bool,
+    /// (queue pair, ring) for the guest's rx rings (the switch writes).
+    pub to_guest: Vec<(u16, Arc<QueueRt>)>,
+    /// (queue pair, ring) for the guest's tx rings (the switch polls).
+    pub from_guest: Vec<(u16, Arc<QueueRt>)>,
+    /// The memory table the rings live in (housekeeping watches it for SIGBUS faults).
+    pub mem: Option<Arc<GuestMemory>>,
+}
+
+/// What a port's frontend negotiated, for display.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    pub connected: bool,
+    pub features: u64,
+    pub protocol_features: u64,
+    pub mem_regions: usize,
+    pub mem_bytes: u64,
+    pub active_vrings: Vec<u16>,
+}
+
+/// What a port's vhost-user session reports to the owner of the port. Called from the port's
+/// session thread, one event at a time.
+pub trait SessionEvents: Send + Sync {
+    /// A frontend connected, or what it negotiated changed.
+    fn session_changed(&self, info: SessionInfo);
+    /// The running rings changed. When this returns, no PMD may use a ring left out: the
+    /// session then reads where a stopped ring ended and may drop its memory table.
+    fn queues_changed(&self, queues: PortQueues);
+    /// The frontend sent something refused, or broke the session.
+    fn protocol_error(&self, error: &SessionError);
+    /// The frontend went away; its rings are stopped and its memory table forgotten.
+    fn session_ended(&self);
+}
+
+/// Why a message of the frontend was refused (the session goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frontend acked features {0:#x} that were not offered")]
+    FeaturesNotOffered(u64),
+    #[error("frontend acked protocol features {0:#x} that were not offered")]
+    ProtocolFeaturesNotOffered(u64),
+    #[error("memory table refused")]
+    MemoryTable(#[source] MemError),
+    #[error("vring {index}: size {size} is not a power of two up to {MAX_QUEUE_SIZE}")]
+    RingSize { index: u32, size: u32 },
+    #[error("vring {index}: call fd refused")]
+    CallFd {
+        index: u8,
+        #[source]
+        source: CallFdError,
+    },
+    #[error("vring {index}: its areas overlap those of vring {other}; not started")]
+    RingsOverlap { index: usize, other: usize },
+    #[error("vring {index}: not started")]
+    Ring {
+        index: usize,
+        #[source]
+        source: RingError,
+    },
+}
+
+/// Why a call fd was refused: a PMD writes it, so it must be an eventfd that cannot block.
+#[derive(Debug, thiserror::Error)]
+pub enum CallFdError {
+    #[error("it is {0}, not an eventfd")]
+    NotAnEventfd(String),
+    #[error("cannot tell what it is")]
+    Inspect(#[source] io::Error),
+    #[error("cannot make it non-blocking")]
+    NonBlocking(#[source] io::Error),
+}
+
+/// What a session reports as a protocol error.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// We refused a message; the session goes on.
+    #[error(transparent)]
+    Refused(ProtocolError),
+    /// The vhost crate refused a message (malformed for its type, out of order, not
+    /// supported); the session goes on.
+    #[error(transparent)]
+    Message(VuError),
+    /// The stream broke or went out of sync: the session is closed.
+    #[error("session closed")]
+    Closed(#[source] VuError),
+}
+
+impl SessionError {
+    /// Sorts an error the vhost crate's request loop returned, finding our own refusals
+    /// inside the `io::Error` its handler trait makes them travel as.
+    fn from_request(e: VuError) -> Self {
+        match e {
+            VuError::ReqHandlerError(io)
+                if io.get_ref().is_some_and(|e| e.is::<ProtocolError>()) =>
+            {
+                let ours = io
+                    .into_inner()
+                    .and_then(|e| e.downcast::<ProtocolError>().ok())
+                    .expect("checked just above: the io::Error wraps a ProtocolError");
+                SessionError::Refused(*ours)
+            }
+            other => SessionError::Message(other),
+        }
+    }
+}
+
+/// A refusal as the vhost crate's handler trait wants it.
+fn refuse(e: ProtocolError) -> VuError {
+    VuError::ReqHandlerError(io::Error::other(e))
 }
 
 struct VringCtl {
@@ -137,8 +252,8 @@ impl Default for VringCtl {
 
 /// The backend state of one connected frontend.
 pub struct VhostPortBackend {
-    core: Arc<SwitchCore>,
-    uid: u64,
+    events: Arc<dyn SessionEvents>,
+    policy: MemoryPolicy,
     features: u64,
     protocol: u64,
     mem: Option<Arc<GuestMemory>>,
@@ -146,10 +261,10 @@ pub struct VhostPortBackend {
 }
 
 impl VhostPortBackend {
-    pub fn new(core: Arc<SwitchCore>, uid: u64) -> Self {
+    pub fn new(events: Arc<dyn SessionEvents>, policy: MemoryPolicy) -> Self {
         VhostPortBackend {
-            core,
-            uid,
+            events,
+            policy,
             features: 0,
             protocol: 0,
             mem: None,
@@ -227,7 +342,7 @@ impl VhostPortBackend {
             }
         }
         if !stopped.is_empty() {
-            self.core.set_port_queues(self.uid, self.queues());
+            self.events.queues_changed(self.queues());
             for (i, q) in stopped {
                 // Every snapshot has dropped it: the lock is free and the state final.
                 self.vrings[i].base = q.lock().last_avail();
@@ -257,10 +372,11 @@ impl VhostPortBackend {
                     && o.addrs.is_some_and(|oa| addrs.overlaps(size, &oa, o.size))
             });
             if let Some((j, _)) = clash {
-                self.core.note_protocol_error(
-                    self.uid,
-                    &format!("vring {i}: its areas overlap those of vring {j}; not started"),
-                );
+                self.events
+                    .protocol_error(&SessionError::Refused(ProtocolError::RingsOverlap {
+                        index: i,
+                        other: j,
+                    }));
                 continue;
             }
             let v = &mut self.vrings[i];
@@ -274,13 +390,17 @@ impl VhostPortBackend {
                     v.active = Some(Arc::new(QueueRt::new(ring, call).with_offloads(offloads)));
                     started = true;
                 }
-                Err(e) => self
-                    .core
-                    .note_protocol_error(self.uid, &format!("vring {i}: {e}")),
+                Err(source) => {
+                    self.events
+                        .protocol_error(&SessionError::Refused(ProtocolError::Ring {
+                            index: i,
+                            source,
+                        }))
+                }
             }
         }
         if started {
-            self.core.set_port_queues(self.uid, self.queues());
+            self.events.queues_changed(self.queues());
         }
         self.publish_session();
     }
@@ -293,17 +413,14 @@ impl VhostPortBackend {
             .filter(|(_, v)| v.active.is_some())
             .map(|(i, _)| i as u16)
             .collect();
-        self.core.set_session(
-            self.uid,
-            SessionInfo {
-                connected: true,
-                features: self.features,
-                protocol_features: self.protocol,
-                mem_regions: self.mem.as_ref().map_or(0, |m| m.region_count()),
-                mem_bytes: self.mem.as_ref().map_or(0, |m| m.total_size()),
-                active_vrings: active,
-            },
-        );
+        self.events.session_changed(SessionInfo {
+            connected: true,
+            features: self.features,
+            protocol_features: self.protocol,
+            mem_regions: self.mem.as_ref().map_or(0, |m| m.region_count()),
+            mem_bytes: self.mem.as_ref().map_or(0, |m| m.total_size()),
+            active_vrings: active,
+        });
     }
 
     /// Stops every ring and forgets the memory table (disconnect or reset).
@@ -345,9 +462,8 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
         if features & !OFFERED_FEATURES != 0 {
-            return Err(req_err(format!(
-                "frontend acked features {:#x} that were not offered",
-                features & !OFFERED_FEATURES
+            return Err(refuse(ProtocolError::FeaturesNotOffered(
+                features & !OFFERED_FEATURES,
             )));
         }
         let changed = features != self.features;
@@ -387,8 +503,8 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
                 r.mmap_offset
             );
         }
-        let mem = GuestMemory::map(&regions, files, &self.core.memory_policy())
-            .map_err(|e| req_err(format!("memory table refused: {e}")))?;
+        let mem = GuestMemory::map(&regions, files, &self.policy)
+            .map_err(|e| refuse(ProtocolError::MemoryTable(e)))?;
         for v in self.vrings.iter_mut() {
             v.dirty = true;
         }
@@ -399,10 +515,8 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        if num == 0 || num > crate::vring::MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
-            return Err(req_err(format!(
-                "vring {index}: size {num} is not a power of two up to 32768"
-            )));
+        if num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
+            return Err(refuse(ProtocolError::RingSize { index, size: num }));
         }
         let v = self.vring(index)?;
         v.size = num;
@@ -459,14 +573,14 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
         self.vring(index as u32)?;
         let fd = match fd.map(nonblocking_eventfd).transpose() {
             Ok(fd) => fd,
-            Err(e) => {
+            Err(source) => {
                 // The ring runs without interrupts (the frontend must poll) rather than with an
                 // fd whose write could block a PMD.
                 let v = self.vring(index as u32)?;
                 v.call = None;
                 v.dirty = true;
                 self.apply();
-                return Err(req_err(format!("vring {index}: call fd refused: {e}")));
+                return Err(refuse(ProtocolError::CallFd { index, source }));
             }
         };
         let v = self.vring(index as u32)?;
@@ -487,9 +601,7 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
         if features & !offered_protocol_features().bits() != 0 {
-            return Err(req_err(format!(
-                "frontend acked protocol features {features:#x} that were not offered"
-            )));
+            return Err(refuse(ProtocolError::ProtocolFeaturesNotOffered(features)));
         }
         self.protocol = features;
         Ok(())
@@ -598,21 +710,17 @@ impl VhostUserBackendReqHandlerMut for VhostPortBackend {
 /// Checks that a call fd is an eventfd and makes it non-blocking: a PMD's interrupt write must
 /// never wait (an eventfd at its maximum count answers EAGAIN: an interrupt is pending anyway).
 /// A pipe, socket or file could block, so it is refused.
-fn nonblocking_eventfd(file: File) -> io::Result<File> {
-    use std::os::fd::AsRawFd;
+fn nonblocking_eventfd(file: File) -> Result<File, CallFdError> {
     let fd = file.as_raw_fd();
-    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(CallFdError::Inspect)?;
     if link.as_os_str() != "anon_inode:[eventfd]" {
-        return Err(io::Error::other(format!(
-            "it is {}, not an eventfd",
-            link.display()
-        )));
+        return Err(CallFdError::NotAnEventfd(link.display().to_string()));
     }
     // SAFETY: fcntl on an fd we own; F_GETFL/F_SETFL take and return plain flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     // SAFETY: as above.
     if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(CallFdError::NonBlocking(io::Error::last_os_error()));
     }
     Ok(file)
 }
@@ -673,8 +781,8 @@ pub struct PortRunner {
 impl PortRunner {
     /// Starts serving a vhost-user port.
     pub fn start(
-        core: Arc<SwitchCore>,
-        uid: u64,
+        events: Arc<dyn SessionEvents>,
+        policy: MemoryPolicy,
         name: &str,
         socket: &Path,
         mode: Mode,
@@ -686,18 +794,20 @@ impl PortRunner {
             Mode::Server => Some(listen(socket)?),
             Mode::Client => None,
         };
-        let (t_stop, t_wake, t_conn, t_socket, t_name) = (
-            stop.clone(),
-            wake.clone(),
-            conn.clone(),
-            socket.to_path_buf(),
-            name.to_string(),
-        );
+        let session = Session {
+            events,
+            policy,
+            name: name.to_string(),
+            stop: stop.clone(),
+            wake: wake.clone(),
+            conn: conn.clone(),
+        };
+        let t_socket = socket.to_path_buf();
         let join = std::thread::Builder::new()
             .name(format!("vu-{name}"))
             .spawn(move || match listener {
-                Some(l) => serve_listener(&core, uid, &t_name, l, &t_stop, &t_wake, &t_conn),
-                None => serve_client(&core, uid, &t_name, &t_socket, &t_stop, &t_wake, &t_conn),
+                Some(l) => session.serve_listener(l),
+                None => session.serve_client(&t_socket),
             })
             .map_err(|e| PortError::Thread(name.to_string(), e))?;
         Ok(PortRunner {
@@ -810,114 +920,429 @@ fn wait_readable(fd: RawFd, wake: &EventFd, timeout_ms: i32) -> bool {
     r > 0 && fd >= 0 && fds[0].revents != 0
 }
 
-fn serve_listener(
-    core: &Arc<SwitchCore>,
-    uid: u64,
-    name: &str,
-    listener: UnixListener,
-    stop: &AtomicBool,
-    wake: &EventFd,
-    conn: &Mutex<Option<UnixStream>>,
-) {
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                serve_session(core, uid, name, stream, stop, conn);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Wakes the moment a frontend connects or the port is deleted.
-                wait_readable(listener.as_raw_fd(), wake, -1);
-            }
-            Err(e) => {
-                tracing::warn!("port {name}: accept failed: {e}");
-                wait_readable(-1, wake, 200);
-            }
-        }
-    }
+/// What a port's session thread works with.
+struct Session {
+    events: Arc<dyn SessionEvents>,
+    policy: MemoryPolicy,
+    name: String,
+    stop: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+    /// The connection of the current session, for [`PortRunner::disconnect`] and `stop`.
+    conn: Arc<Mutex<Option<UnixStream>>>,
 }
 
-fn serve_client(
-    core: &Arc<SwitchCore>,
-    uid: u64,
-    name: &str,
-    socket: &Path,
-    stop: &AtomicBool,
-    wake: &EventFd,
-    conn: &Mutex<Option<UnixStream>>,
-) {
-    let mut waiting_logged = false;
-    while !stop.load(Ordering::SeqCst) {
-        match UnixStream::connect(socket) {
-            Ok(stream) => {
-                waiting_logged = false;
-                serve_session(core, uid, name, stream, stop, conn);
-            }
-            Err(e) => {
-                if !waiting_logged {
-                    tracing::info!(
-                        "port {name}: waiting for frontend socket {} ({e}); retrying every second",
-                        socket.display()
-                    );
-                    waiting_logged = true;
+impl Session {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn serve_listener(&self, listener: UnixListener) {
+        let name = &self.name;
+        while !self.stopped() {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    self.serve(stream);
                 }
-                wait_readable(-1, wake, 1000);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wakes the moment a frontend connects or the port is deleted.
+                    wait_readable(listener.as_raw_fd(), &self.wake, -1);
+                }
+                Err(e) => {
+                    tracing::warn!("port {name}: accept failed: {e}");
+                    wait_readable(-1, &self.wake, 200);
+                }
             }
         }
     }
-}
 
-fn serve_session(
-    core: &Arc<SwitchCore>,
-    uid: u64,
-    name: &str,
-    stream: UnixStream,
-    stop: &AtomicBool,
-    conn: &Mutex<Option<UnixStream>>,
-) {
-    let backend = Arc::new(Mutex::new(VhostPortBackend::new(core.clone(), uid)));
-    let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
-    *conn.lock().unwrap_or_else(|e| e.into_inner()) = handler.try_clone_connection().ok();
-    if stop.load(Ordering::SeqCst) {
-        return;
+    fn serve_client(&self, socket: &Path) {
+        let name = &self.name;
+        let mut waiting_logged = false;
+        while !self.stopped() {
+            match UnixStream::connect(socket) {
+                Ok(stream) => {
+                    waiting_logged = false;
+                    self.serve(stream);
+                }
+                Err(e) => {
+                    if !waiting_logged {
+                        tracing::info!(
+                            "port {name}: waiting for frontend socket {} ({e}); retrying every second",
+                            socket.display()
+                        );
+                        waiting_logged = true;
+                    }
+                    wait_readable(-1, &self.wake, 1000);
+                }
+            }
+        }
     }
-    tracing::info!("port {name}: frontend connected");
-    core.set_session(
-        uid,
-        SessionInfo {
+
+    /// Serves one connected frontend until it goes away (or the port is stopped).
+    fn serve(&self, stream: UnixStream) {
+        let name = &self.name;
+        let backend = Arc::new(Mutex::new(VhostPortBackend::new(
+            self.events.clone(),
+            self.policy,
+        )));
+        let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = handler.try_clone_connection().ok();
+        if self.stopped() {
+            return;
+        }
+        tracing::info!("port {name}: frontend connected");
+        self.events.session_changed(SessionInfo {
             connected: true,
             ..Default::default()
-        },
-    );
-    loop {
-        match handler.handle_request() {
-            Ok(()) => {}
-            Err(e) if ends_session(&e) => {
-                if !matches!(e, VuError::Disconnected) {
-                    core.note_protocol_error(uid, &format!("{e}; closing the session"));
+        });
+        loop {
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(e) if ends_session(&e) => {
+                    if !matches!(e, VuError::Disconnected) {
+                        self.events.protocol_error(&SessionError::Closed(e));
+                    }
+                    break;
                 }
-                break;
+                // QEMU 7.2 sends SET_VRING_ENABLE before it acks VHOST_USER_F_PROTOCOL_FEATURES;
+                // the vhost crate refuses those and rings start enabled anyway (see VringCtl),
+                // so they are not the frontend's fault worth counting.
+                Err(VuError::InactiveFeature(f)) if f.bits() == VHOST_USER_F_PROTOCOL_FEATURES => {
+                    tracing::debug!(
+                        "port {name}: ignored a message sent before protocol features were acked"
+                    )
+                }
+                Err(e) => self.events.protocol_error(&SessionError::from_request(e)),
             }
-            // QEMU 7.2 sends SET_VRING_ENABLE before it acks VHOST_USER_F_PROTOCOL_FEATURES;
-            // the vhost crate refuses those and rings start enabled anyway (see VringCtl), so
-            // they are not the frontend's fault worth counting.
-            Err(VuError::InactiveFeature(f)) if f.bits() == VHOST_USER_F_PROTOCOL_FEATURES => {
-                tracing::debug!(
-                    "port {name}: ignored a message sent before protocol features were acked"
-                )
-            }
-            Err(e) => core.note_protocol_error(uid, &e.to_string()),
         }
+        backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.events.session_ended();
+        tracing::info!("port {name}: frontend disconnected");
     }
-    backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
-    *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    core.session_ended(uid);
-    tracing::info!("port {name}: frontend disconnected");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a session reported, in order (session updates, which follow every change, are
+    /// kept apart: see `Recorder::session`).
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        /// Queue pairs of the running rx (to guest) and tx (from guest) rings.
+        Queues {
+            to_guest: Vec<u16>,
+            from_guest: Vec<u16>,
+        },
+        Error(String),
+        Ended,
+    }
+
+    /// The port owner's side, recording every event; keeps the last session state and the
+    /// last rings handed over.
+    #[derive(Default)]
+    struct Recorder {
+        events: Mutex<Vec<Event>>,
+        session: Mutex<Option<SessionInfo>>,
+        last: Mutex<PortQueues>,
+    }
+
+    impl SessionEvents for Recorder {
+        fn session_changed(&self, info: SessionInfo) {
+            *self.session.lock().unwrap() = Some(info);
+        }
+        fn queues_changed(&self, queues: PortQueues) {
+            let pairs = |l: &[(u16, Arc<QueueRt>)]| l.iter().map(|(q, _)| *q).collect();
+            self.events.lock().unwrap().push(Event::Queues {
+                to_guest: pairs(&queues.to_guest),
+                from_guest: pairs(&queues.from_guest),
+            });
+            *self.last.lock().unwrap() = queues;
+        }
+        fn protocol_error(&self, error: &SessionError) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(Event::Error(error.to_string()));
+        }
+        fn session_ended(&self) {
+            self.events.lock().unwrap().push(Event::Ended);
+        }
+    }
+
+    impl Recorder {
+        /// The events so far, emptying the record.
+        fn take(&self) -> Vec<Event> {
+            std::mem::take(&mut *self.events.lock().unwrap())
+        }
+
+        fn last_session(&self) -> Option<SessionInfo> {
+            self.session.lock().unwrap().clone()
+        }
+
+        /// The running tx ring of queue pair 0, as last handed over.
+        fn tx_ring(&self) -> Arc<QueueRt> {
+            self.last.lock().unwrap().from_guest[0].1.clone()
+        }
+    }
+
+    const MEM: u64 = 1 << 20;
+    const VA: u64 = 0x7f00_0000_0000;
+
+    fn backend() -> (Arc<Recorder>, VhostPortBackend) {
+        let rec = Arc::new(Recorder::default());
+        let backend = VhostPortBackend::new(rec.clone(), MemoryPolicy::default());
+        (rec, backend)
+    }
+
+    /// A one-region memory table over a fresh sealed memfd: gpa 0, frontend address VA.
+    fn memory_table() -> (Vec<VhostUserMemoryRegion>, Vec<File>) {
+        let shm = hugepages::SharedMemory::new(
+            "vhost-port-test",
+            MEM as usize,
+            hugepages::HugePolicy::Never,
+        )
+        .unwrap();
+        (
+            vec![VhostUserMemoryRegion::new(0, MEM, VA, 0)],
+            vec![shm.file().try_clone().unwrap()],
+        )
+    }
+
+    /// Gives ring `index` a size and addresses at `at` (frontend addresses, 16 KiB apart per
+    /// ring), and a kick.
+    fn set_up_ring(b: &mut VhostPortBackend, index: u32, at: u64) {
+        b.set_vring_num(index, 256).unwrap();
+        b.set_vring_addr(
+            index,
+            VhostUserVringAddrFlags::empty(),
+            VA + at,
+            VA + at + 0x2000,
+            VA + at + 0x1000,
+            0,
+        )
+        .unwrap();
+        b.set_vring_kick(index as u8, None).unwrap();
+    }
+
+    const FEATURES: u64 =
+        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF | VHOST_USER_F_PROTOCOL_FEATURES;
+
+    fn refusal(e: VuError) -> ProtocolError {
+        match SessionError::from_request(e) {
+            SessionError::Refused(p) => p,
+            other => panic!("not one of our refusals: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ring_runs_once_it_has_everything_and_get_vring_base_stops_it_where_it_was() {
+        let (rec, mut b) = backend();
+        b.set_features(FEATURES).unwrap();
+        b.set_vring_base(1, 5).unwrap();
+        set_up_ring(&mut b, 1, 0x10000);
+        assert_eq!(rec.take(), [], "no ring runs without a memory table");
+        let (regions, files) = memory_table();
+        // The used index agrees with the base (else the ring resumes from the used index).
+        std::os::unix::fs::FileExt::write_at(&files[0], &5u16.to_le_bytes(), 0x12002).unwrap();
+        b.set_mem_table(&regions, files, None).unwrap();
+        assert_eq!(
+            rec.take(),
+            [Event::Queues {
+                to_guest: vec![],
+                from_guest: vec![0],
+            }]
+        );
+        let session = rec.last_session().unwrap();
+        assert_eq!(session.active_vrings, [1]);
+        assert_eq!((session.features, session.mem_regions), (FEATURES, 1));
+        let ring = rec.tx_ring();
+        assert_eq!(ring.lock().last_avail(), 5);
+        let q = rec.last.lock().unwrap();
+        assert_eq!((q.hdr_len, q.mrg_rxbuf, q.mem.is_some()), (12, true, true));
+        drop(q);
+        drop(ring);
+
+        let state = b.get_vring_base(1).unwrap();
+        assert_eq!((state.index, state.num), (1, 5));
+        assert_eq!(
+            rec.take(),
+            [Event::Queues {
+                to_guest: vec![],
+                from_guest: vec![],
+            }]
+        );
+        assert!(rec.last.lock().unwrap().mem.is_none());
+        assert_eq!(rec.last_session().unwrap().active_vrings, Vec::<u16>::new());
+    }
+
+    #[test]
+    fn a_new_memory_table_stops_running_rings_then_restarts_them_on_it() {
+        let (rec, mut b) = backend();
+        b.set_features(FEATURES).unwrap();
+        let (regions, files) = memory_table();
+        b.set_mem_table(&regions, files, None).unwrap();
+        set_up_ring(&mut b, 0, 0x10000);
+        set_up_ring(&mut b, 1, 0x20000);
+        let old = rec.tx_ring();
+        rec.take();
+
+        let (regions, files) = memory_table();
+        b.set_mem_table(&regions, files, None).unwrap();
+        assert_eq!(
+            rec.take(),
+            [
+                Event::Queues {
+                    to_guest: vec![],
+                    from_guest: vec![],
+                },
+                Event::Queues {
+                    to_guest: vec![0],
+                    from_guest: vec![0],
+                },
+            ]
+        );
+        let new = rec.tx_ring();
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert!(!Arc::ptr_eq(old.lock().memory(), new.lock().memory()));
+    }
+
+    #[test]
+    fn a_ring_laid_over_another_is_reported_and_not_started() {
+        let (rec, mut b) = backend();
+        b.set_features(FEATURES).unwrap();
+        let (regions, files) = memory_table();
+        b.set_mem_table(&regions, files, None).unwrap();
+        set_up_ring(&mut b, 1, 0x10000);
+        rec.take();
+        set_up_ring(&mut b, 0, 0x10000);
+        assert_eq!(
+            rec.take(),
+            [Event::Error(
+                "vring 0: its areas overlap those of vring 1; not started".into()
+            )]
+        );
+        assert_eq!(rec.last_session().unwrap().active_vrings, [1]);
+    }
+
+    #[test]
+    fn refused_messages_travel_as_typed_errors() {
+        let (rec, mut b) = backend();
+        assert!(matches!(
+            refusal(b.set_features(1 << 63).unwrap_err()),
+            ProtocolError::FeaturesNotOffered(f) if f == 1 << 63
+        ));
+        assert!(matches!(
+            refusal(b.set_protocol_features(1 << 40).unwrap_err()),
+            ProtocolError::ProtocolFeaturesNotOffered(_)
+        ));
+        assert!(matches!(
+            refusal(b.set_vring_num(2, 300).unwrap_err()),
+            ProtocolError::RingSize {
+                index: 2,
+                size: 300
+            }
+        ));
+        let unsealed = crate::guest_mem::tests::raw_memfd(MEM, false, false);
+        let e = refusal(
+            b.set_mem_table(
+                &[VhostUserMemoryRegion::new(0, MEM, VA, 0)],
+                vec![unsealed],
+                None,
+            )
+            .unwrap_err(),
+        );
+        assert!(
+            matches!(
+                e,
+                ProtocolError::MemoryTable(MemError::Unsealed { index: 0 })
+            ),
+            "{e:?}"
+        );
+        // Errors of the vhost crate itself pass through as they are.
+        assert!(matches!(
+            SessionError::from_request(VuError::InvalidParam),
+            SessionError::Message(VuError::InvalidParam)
+        ));
+        assert_eq!(rec.take(), []);
+    }
+
+    #[test]
+    fn a_call_fd_that_could_block_is_refused_and_the_ring_restarts_without_one() {
+        let (rec, mut b) = backend();
+        b.set_features(FEATURES).unwrap();
+        let (regions, files) = memory_table();
+        b.set_mem_table(&regions, files, None).unwrap();
+        set_up_ring(&mut b, 1, 0x10000);
+        let before = rec.tx_ring();
+        rec.take();
+        let (read_end, _write_end) = std::io::pipe().unwrap();
+        let pipe = File::from(std::os::fd::OwnedFd::from(read_end));
+        let e = refusal(b.set_vring_call(1, Some(pipe)).unwrap_err());
+        assert!(
+            matches!(
+                &e,
+                ProtocolError::CallFd {
+                    index: 1,
+                    source: CallFdError::NotAnEventfd(what)
+                } if what.starts_with("pipe:")
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            rec.take(),
+            [
+                Event::Queues {
+                    to_guest: vec![],
+                    from_guest: vec![],
+                },
+                Event::Queues {
+                    to_guest: vec![],
+                    from_guest: vec![0],
+                },
+            ]
+        );
+        assert!(!Arc::ptr_eq(&before, &rec.tx_ring()));
+        // An eventfd is taken (and made non-blocking).
+        let efd = EventFd::new(0).unwrap();
+        let call = efd.try_clone().unwrap();
+        // SAFETY: the fd is a fresh duplicate that nothing else owns.
+        let call = unsafe {
+            <File as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(call))
+        };
+        b.set_vring_call(1, Some(call)).unwrap();
+        rec.tx_ring().notify();
+        assert_eq!(efd.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn shutdown_stops_every_ring_and_forgets_the_session() {
+        let (rec, mut b) = backend();
+        b.set_features(FEATURES).unwrap();
+        let (regions, files) = memory_table();
+        b.set_mem_table(&regions, files, None).unwrap();
+        set_up_ring(&mut b, 0, 0x10000);
+        set_up_ring(&mut b, 3, 0x20000);
+        let q = rec.last.lock().unwrap();
+        assert_eq!(q.to_guest.len() + q.from_guest.len(), 2);
+        assert_eq!(q.from_guest[0].0, 1, "vring 3 is queue pair 1's tx ring");
+        drop(q);
+        rec.take();
+        b.shutdown();
+        assert_eq!(
+            rec.take(),
+            [Event::Queues {
+                to_guest: vec![],
+                from_guest: vec![],
+            }]
+        );
+        // A new session starts from nothing: a ring needs everything again.
+        b.set_features(FEATURES).unwrap();
+        b.set_vring_kick(1, None).unwrap();
+        assert_eq!(rec.take(), []);
+    }
 
     #[test]
     fn listen_refuses_a_non_socket_and_replaces_only_a_stale_socket() {

@@ -107,85 +107,39 @@ pub enum RingError {
     SelfOverlap,
 }
 
-/// Why a frame from a guest (or a TAP) was refused. Each is counted per port and per reason
-/// (`vswitch ctl stats --json` shows them by [`ChainError::name`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[repr(u8)]
-pub enum ChainError {
-    #[error("descriptor index out of range")]
-    BadIndex,
-    #[error("descriptor address outside guest memory")]
-    BadAddress,
-    #[error("descriptor chain loops or is longer than its table")]
-    Loop,
-    #[error("zero-length descriptor")]
-    ZeroLength,
-    #[error("descriptor has the wrong direction (write-only tx buffer or read-only rx buffer)")]
-    WrongDirection,
-    #[error("indirect descriptor table is malformed")]
-    BadIndirect,
-    #[error("descriptor chain has too many segments")]
-    TooManySegments,
-    #[error("frame shorter than the virtio-net and Ethernet headers")]
-    Runt,
-    #[error("avail index moved by more than the queue size")]
-    BadAvailIndex,
-    #[error("virtio-net header offload fields are malformed or do not match the frame")]
-    BadOffload,
-    #[error("virtio-net header asks for an offload the port did not negotiate")]
-    OffloadNotNegotiated,
-    #[error("frame longer than the port's maximum frame length")]
-    TooLong,
-    #[error("source MAC not allowed on this port (port security)")]
-    SpoofedSource,
-    #[error("source MAC not learned: the port reached its maximum of learned MACs")]
-    MacLimit,
-}
-
-impl ChainError {
-    /// Every reason, in discriminant order (the index into per-reason counters).
-    pub const ALL: [ChainError; 14] = [
-        ChainError::BadIndex,
-        ChainError::BadAddress,
-        ChainError::Loop,
-        ChainError::ZeroLength,
-        ChainError::WrongDirection,
-        ChainError::BadIndirect,
-        ChainError::TooManySegments,
-        ChainError::Runt,
-        ChainError::BadAvailIndex,
-        ChainError::BadOffload,
-        ChainError::OffloadNotNegotiated,
-        ChainError::TooLong,
-        ChainError::SpoofedSource,
-        ChainError::MacLimit,
-    ];
-    /// Number of reasons.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// The reason's key in JSON and tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            ChainError::BadIndex => "bad_desc_index",
-            ChainError::BadAddress => "bad_desc_address",
-            ChainError::Loop => "desc_loop",
-            ChainError::ZeroLength => "zero_length_desc",
-            ChainError::WrongDirection => "wrong_direction",
-            ChainError::BadIndirect => "bad_indirect",
-            ChainError::TooManySegments => "too_many_segments",
-            ChainError::Runt => "runt",
-            ChainError::BadAvailIndex => "bad_avail_index",
-            ChainError::BadOffload => "bad_offload",
-            ChainError::OffloadNotNegotiated => "offload_not_negotiated",
-            ChainError::TooLong => "too_long",
-            ChainError::SpoofedSource => "spoofed_source",
-            ChainError::MacLimit => "mac_limit",
-        }
-    }
-
-    /// Inverse of `as u8`.
-    pub fn from_index(i: usize) -> Option<ChainError> {
-        Self::ALL.get(i).copied()
+crate::counted_reasons! {
+    /// Why a frame from a guest (or a TAP) was refused. Each is counted per port and per reason
+    /// (`vswitch ctl stats --json` shows them by [`ChainError::name`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+    pub enum ChainError {
+        #[error("descriptor index out of range")]
+        BadIndex => "bad_desc_index",
+        #[error("descriptor address outside guest memory")]
+        BadAddress => "bad_desc_address",
+        #[error("descriptor chain loops or is longer than its table")]
+        Loop => "desc_loop",
+        #[error("zero-length descriptor")]
+        ZeroLength => "zero_length_desc",
+        #[error("descriptor has the wrong direction (write-only tx buffer or read-only rx buffer)")]
+        WrongDirection => "wrong_direction",
+        #[error("indirect descriptor table is malformed")]
+        BadIndirect => "bad_indirect",
+        #[error("descriptor chain has too many segments")]
+        TooManySegments => "too_many_segments",
+        #[error("frame shorter than the virtio-net and Ethernet headers")]
+        Runt => "runt",
+        #[error("avail index moved by more than the queue size")]
+        BadAvailIndex => "bad_avail_index",
+        #[error("virtio-net header offload fields are malformed or do not match the frame")]
+        BadOffload => "bad_offload",
+        #[error("virtio-net header asks for an offload the port did not negotiate")]
+        OffloadNotNegotiated => "offload_not_negotiated",
+        #[error("frame longer than the port's maximum frame length")]
+        TooLong => "too_long",
+        #[error("source MAC not allowed on this port (port security)")]
+        SpoofedSource => "spoofed_source",
+        #[error("source MAC not learned: the port reached its maximum of learned MACs")]
+        MacLimit => "mac_limit",
     }
 }
 

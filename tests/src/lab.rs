@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::frontend::{PortConfig, VhostUserPort};
-use switch::switch::{PortKind, PortStatsRow, SwitchConfig, SwitchCore};
+use switch::bridge::{PortStatsRow, SwitchConfig, SwitchCore};
+use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
 
 use crate::Scratch;
@@ -67,7 +68,7 @@ impl Lab {
         self.core
             .add_port(
                 name,
-                PortKind::VhostUser {
+                PortSpec::VhostUser {
                     socket: self.sock(name),
                     mode: Mode::Server,
                 },

@@ -426,7 +426,7 @@ fn a_flood_of_too_long_frames_from_the_tap_is_counted_and_bounded() {
     lab.core
         .add_port(
             "up",
-            switch::switch::PortKind::Tap {
+            switch::port_spec::PortSpec::Tap {
                 ifname: ifname.clone(),
             },
         )

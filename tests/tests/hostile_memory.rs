@@ -60,7 +60,11 @@ fn port_state(lab: &Lab, name: &str) -> (String, u64, String) {
         .into_iter()
         .find(|p| p.name == name)
         .unwrap();
-    (p.state, p.protocol_errors, p.last_protocol_error)
+    (
+        p.state.to_string(),
+        p.protocol_errors,
+        p.last_protocol_error,
+    )
 }
 
 fn free_2m_pages() -> usize {

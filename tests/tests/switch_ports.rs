@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bench::frontend::{features, RawDesc};
-use switch::switch::PortKind;
+use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
 
@@ -156,7 +156,7 @@ fn client_mode_ports_connect_to_a_listening_frontend() {
     lab.core
         .add_port(
             "c",
-            PortKind::VhostUser {
+            PortSpec::VhostUser {
                 socket: sock.clone(),
                 mode: Mode::Client,
             },

@@ -7,7 +7,8 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use switch::switch::{PortKind, SwitchConfig, SwitchCore};
+use switch::bridge::{SwitchConfig, SwitchCore};
+use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -183,7 +184,7 @@ fn frames_cross_the_switch_and_rings_survive_a_switch_restart() {
         for p in ["a", "b"] {
             sw.add_port(
                 p,
-                PortKind::VhostUser {
+                PortSpec::VhostUser {
                     socket: sock(p),
                     mode: Mode::Server,
                 },

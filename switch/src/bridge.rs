@@ -12,16 +12,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::datapath::{
-    Limits, PmdSnapshot, PortOut, PortRt, PortSecurity, QueueRt, RxSource, RxqRt, MAX_GSO_FRAME,
-    MAX_PORTS,
+    Limits, PmdSnapshot, PortOut, PortRt, PortSecurity, RxSource, RxqRt, MAX_GSO_FRAME, MAX_PORTS,
 };
 use crate::fdb::Fdb;
-use crate::guest_mem::{GuestMemory, MemoryPolicy};
+use crate::guest_mem::MemoryPolicy;
 use crate::pmd::{PmdError, PmdHandle};
+use crate::port_spec::PortSpec;
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
-use crate::vhost_port::{feature_names, Mode, PortError, PortRunner};
-use crate::vring::ChainError;
+use crate::vhost_port::{
+    feature_names, Mode, PortError, PortQueues, PortRunner, SessionError, SessionEvents,
+    SessionInfo,
+};
 
 /// Switch-wide settings.
 #[derive(Clone, Debug)]
@@ -82,41 +84,10 @@ pub enum SwitchError {
     BadMac(String),
 }
 
-/// What kind of port, and where it connects.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PortKind {
-    VhostUser { socket: PathBuf, mode: Mode },
-    Tap { ifname: String },
-}
-
-/// Rings a vhost-user session has active, as handed to the datapath.
-#[derive(Default)]
-pub struct PortQueues {
-    pub hdr_len: usize,
-    pub mrg_rxbuf: bool,
-    /// (queue pair, ring) for the guest's rx rings (the switch writes).
-    pub to_guest: Vec<(u16, Arc<QueueRt>)>,
-    /// (queue pair, ring) for the guest's tx rings (the switch polls).
-    pub from_guest: Vec<(u16, Arc<QueueRt>)>,
-    /// The memory table the rings live in (housekeeping watches it for SIGBUS faults).
-    pub mem: Option<Arc<GuestMemory>>,
-}
-
-/// What a port's frontend negotiated, for display.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SessionInfo {
-    pub connected: bool,
-    pub features: u64,
-    pub protocol_features: u64,
-    pub mem_regions: usize,
-    pub mem_bytes: u64,
-    pub active_vrings: Vec<u16>,
-}
-
 struct PortEntry {
     uid: u64,
     id: u8,
-    kind: PortKind,
+    kind: PortSpec,
     queues: PortQueues,
     tap: Option<Arc<TapRt>>,
     session: SessionInfo,
@@ -145,6 +116,42 @@ struct State {
     pmd_baseline: Vec<PmdStats>,
 }
 
+/// Where a port is in its life, for `ports` (shown and serialized as `waiting`, `connected`,
+/// `up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortState {
+    /// A vhost-user port with no frontend connected.
+    Waiting,
+    /// A frontend connected, but no ring runs yet.
+    Connected,
+    /// Frames can flow: a TAP, or a session with running rings.
+    Up,
+}
+
+impl PortState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Waiting => "waiting",
+            PortState::Connected => "connected",
+            PortState::Up => "up",
+        }
+    }
+}
+
+impl std::fmt::Display for PortState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Compares with the name shown to users (`state == "up"`).
+impl PartialEq<&str> for PortState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Port facts for `ports`.
 #[derive(Clone, Debug, Serialize)]
 pub struct PortInfo {
@@ -155,7 +162,7 @@ pub struct PortInfo {
     /// Socket path or TAP interface name.
     pub target: String,
     pub mode: String,
-    pub state: String,
+    pub state: PortState,
     pub features: Vec<&'static str>,
     pub queue_pairs: usize,
     pub mem_bytes: u64,
@@ -268,7 +275,7 @@ impl SwitchCore {
     }
 
     /// Adds a port.
-    pub fn add_port(self: &Arc<Self>, name: &str, kind: PortKind) -> Result<(), SwitchError> {
+    pub fn add_port(self: &Arc<Self>, name: &str, kind: PortSpec) -> Result<(), SwitchError> {
         let valid = !name.is_empty()
             && name.len() <= 32
             && name
@@ -283,7 +290,7 @@ impl SwitchCore {
         }
         for (other, e) in &st.ports {
             match (&e.kind, &kind) {
-                (PortKind::VhostUser { socket: a, .. }, PortKind::VhostUser { socket: b, .. })
+                (PortSpec::VhostUser { socket: a, .. }, PortSpec::VhostUser { socket: b, .. })
                     if same_path(a, b) =>
                 {
                     return Err(SwitchError::SocketTaken {
@@ -291,7 +298,7 @@ impl SwitchCore {
                         port: other.clone(),
                     })
                 }
-                (PortKind::Tap { ifname: a }, PortKind::Tap { ifname: b }) if a == b => {
+                (PortSpec::Tap { ifname: a }, PortSpec::Tap { ifname: b }) if a == b => {
                     return Err(SwitchError::TapTaken {
                         ifname: b.clone(),
                         port: other.clone(),
@@ -307,17 +314,20 @@ impl SwitchCore {
         let uid = st.next_uid;
         st.next_uid += 1;
         let (runner, tap) = match &kind {
-            PortKind::VhostUser { socket, mode } => (
+            PortSpec::VhostUser { socket, mode } => (
                 Some(PortRunner::start(
-                    self.clone(),
-                    uid,
+                    Arc::new(PortEvents {
+                        core: self.clone(),
+                        uid,
+                    }),
+                    self.mem_policy,
                     name,
                     socket,
                     mode.clone(),
                 )?),
                 None,
             ),
-            PortKind::Tap { ifname } => (None, Some(Arc::new(TapRt::open(ifname)?))),
+            PortSpec::Tap { ifname } => (None, Some(Arc::new(TapRt::open(ifname)?))),
         };
         let session = SessionInfo {
             connected: tap.is_some(),
@@ -410,7 +420,7 @@ impl SwitchCore {
     }
 
     /// A session's active rings changed.
-    pub fn set_port_queues(&self, uid: u64, queues: PortQueues) {
+    fn set_port_queues(&self, uid: u64, queues: PortQueues) {
         let mut st = self.lock();
         let Some(e) = st.ports.values_mut().find(|e| e.uid == uid) else {
             return;
@@ -422,14 +432,14 @@ impl SwitchCore {
     }
 
     /// A session's negotiated state changed.
-    pub fn set_session(&self, uid: u64, info: SessionInfo) {
+    fn set_session(&self, uid: u64, info: SessionInfo) {
         if let Some(e) = self.lock().ports.values_mut().find(|e| e.uid == uid) {
             e.session = info;
         }
     }
 
     /// A session ended: forget what was learned on the port.
-    pub fn session_ended(&self, uid: u64) {
+    fn session_ended(&self, uid: u64) {
         let mut st = self.lock();
         if let Some(e) = st.ports.values_mut().find(|e| e.uid == uid) {
             e.session = SessionInfo::default();
@@ -439,7 +449,7 @@ impl SwitchCore {
     }
 
     /// Counts (and logs, rate-limited by the caller's rarity) a vhost-user protocol error.
-    pub fn note_protocol_error(&self, uid: u64, msg: &str) {
+    fn note_protocol_error(&self, uid: u64, msg: &str) {
         let mut st = self.lock();
         if let Some((name, e)) = st.ports.iter_mut().find(|(_, e)| e.uid == uid) {
             e.protocol_errors += 1;
@@ -528,34 +538,33 @@ impl SwitchCore {
             .ports
             .iter()
             .map(|(name, e)| {
-                let (kind, target, mode) = match &e.kind {
-                    PortKind::VhostUser { socket, mode } => (
-                        "vhost-user",
+                let (target, mode) = match &e.kind {
+                    PortSpec::VhostUser { socket, mode } => (
                         socket.display().to_string(),
                         match mode {
                             Mode::Server => "server",
                             Mode::Client => "client",
                         },
                     ),
-                    PortKind::Tap { ifname } => ("tap", ifname.clone(), "-"),
+                    PortSpec::Tap { ifname } => (ifname.clone(), "-"),
                 };
                 let state = if e.tap.is_some()
                     || !e.queues.to_guest.is_empty()
                     || !e.queues.from_guest.is_empty()
                 {
-                    "up"
+                    PortState::Up
                 } else if e.session.connected {
-                    "connected"
+                    PortState::Connected
                 } else {
-                    "waiting"
+                    PortState::Waiting
                 };
                 PortInfo {
                     name: name.clone(),
                     id: e.id,
-                    kind: kind.into(),
+                    kind: e.kind.type_name().into(),
                     target,
                     mode: mode.into(),
-                    state: state.into(),
+                    state,
                     features: feature_names(e.session.features),
                     queue_pairs: e.queues.from_guest.len().max(e.queues.to_guest.len()),
                     mem_bytes: e.session.mem_bytes,
@@ -689,14 +698,12 @@ impl SwitchCore {
         let ids: Vec<(String, u8)> = st.ports.iter().map(|(n, e)| (n.clone(), e.id)).collect();
         for (name, id) in ids {
             let errors = self.port_counters_sum(id).errors;
+            // Any PMD's last reason will do (the highest, as good as any).
             let last = self
                 .pmds
                 .iter()
-                .map(|p| {
-                    p.counters.last_error[id as usize].load(std::sync::atomic::Ordering::Relaxed)
-                })
-                .max()
-                .unwrap_or(0);
+                .filter_map(|p| p.counters.last_error[id as usize].get())
+                .max_by_key(|e| *e as u8);
             if let Some(e) = st.ports.get_mut(&name) {
                 // A SIGBUS in this port's memory (the VMM truncated its file): the backstop made
                 // the switch survive; end the session so the rings stop reading zero pages.
@@ -710,8 +717,7 @@ impl SwitchCore {
                     }
                 }
                 if errors > e.errors_logged {
-                    let what = chain_error_from_code(last)
-                        .map_or("bad frame".to_string(), |c| c.to_string());
+                    let what = last.map_or("bad frame".to_string(), |c| c.to_string());
                     tracing::warn!(
                         "port {name}: {} bad descriptors or frames in the last second (last: {what})",
                         errors - e.errors_logged
@@ -759,6 +765,72 @@ fn same_path(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
 }
 
-fn chain_error_from_code(code: u64) -> Option<ChainError> {
-    ChainError::from_index(code.checked_sub(1)? as usize)
+/// One port's session events, delivered to the switch under the port's uid (a deleted port's
+/// late events find no entry and are dropped).
+struct PortEvents {
+    core: Arc<SwitchCore>,
+    uid: u64,
+}
+
+impl SessionEvents for PortEvents {
+    fn session_changed(&self, info: SessionInfo) {
+        self.core.set_session(self.uid, info);
+    }
+
+    fn queues_changed(&self, queues: PortQueues) {
+        self.core.set_port_queues(self.uid, queues);
+    }
+
+    fn protocol_error(&self, error: &SessionError) {
+        self.core.note_protocol_error(self.uid, &one_line(error));
+    }
+
+    fn session_ended(&self) {
+        self.core.session_ended(self.uid);
+    }
+}
+
+/// An error and its causes on one line (`error: cause: cause`), as a port shows its last
+/// protocol error.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_mem::MemError;
+    use crate::vhost_port::ProtocolError;
+
+    #[test]
+    fn port_states_show_and_serialize_as_before() {
+        for (state, name) in [
+            (PortState::Waiting, "waiting"),
+            (PortState::Connected, "connected"),
+            (PortState::Up, "up"),
+        ] {
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+            assert!(state == name);
+        }
+        assert_eq!(format!("{:<9}|", PortState::Up), "up       |");
+    }
+
+    #[test]
+    fn a_protocol_error_shows_with_its_causes_on_one_line() {
+        let e = SessionError::Refused(ProtocolError::MemoryTable(MemError::Unsealed { index: 0 }));
+        let line = one_line(&e);
+        assert!(
+            line.starts_with("memory table refused: memory region 0: its memfd is not sealed"),
+            "{line}"
+        );
+        assert!(line.ends_with("--allow-unsealed-memory"), "{line}");
+    }
 }
