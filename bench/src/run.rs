@@ -14,7 +14,7 @@ use hugepages::HugePolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::frontend::{FrontendError, PortConfig, VhostUserPort};
+use vhost_frontend::{FrontendError, PortConfig, VhostUserPort};
 use crate::packet::{self, FrameTemplate, Parsed, FCS_LEN, WIRE_OVERHEAD};
 use crate::rate::{Pacer, Rate, SizeMix};
 use crate::stats::{Latency, LatencySummary, SeqTracker};

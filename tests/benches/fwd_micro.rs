@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bench::frontend::{features, PortConfig, PortDatapath};
+use vhost_frontend::{features, PortConfig, PortDatapath};
 use switch::datapath::{
     Forwarder, PmdSnapshot, PortOut, PortRt, QueueRt, RxSource, RxqRt, Workspace, MAX_PORTS,
 };

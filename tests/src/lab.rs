@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{PortConfig, VhostUserPort};
+use vhost_frontend::{PortConfig, VhostUserPort};
 use switch::switch::{PortKind, PortStatsRow, SwitchConfig, SwitchCore};
 use switch::vhost_port::Mode;
 

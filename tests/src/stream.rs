@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bench::frontend::VhostUserPort;
+use vhost_frontend::VhostUserPort;
 
 use crate::lab::{collect, frame, mac, send_all, Lab, BCAST};
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{PortConfig, VhostUserPort};
+use vhost_frontend::{PortConfig, VhostUserPort};
 use switchyard_tests::lab::{collect, frame, mac, send_all, Lab, BCAST};
 use switchyard_tests::stream::{check_pair, with_streaming_pair, MAC_C, MAC_D};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;

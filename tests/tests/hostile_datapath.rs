@@ -5,7 +5,7 @@
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{features, RawDesc};
+use vhost_frontend::{features, RawDesc};
 use switch::datapath::PortSecurity;
 use switch::stats::TxDrop;
 use switch::vring::ChainError;

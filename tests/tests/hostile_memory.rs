@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{features, FrontendError, PortConfig, VhostUserPort};
-use bench::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
+use vhost_frontend::{features, FrontendError, PortConfig, VhostUserPort};
+use vhost_frontend::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
 use hugepages::{HugePolicy, PageSize};
 use switchyard_tests::lab::{collect, frame, mac, Lab, BCAST};
 use switchyard_tests::{skip_unless, wait_until};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{features, RawDesc, VhostUserPort};
+use vhost_frontend::{features, RawDesc, VhostUserPort};
 use switch::vring::ChainError;
 use switchyard_tests::lab::{frame, mac, Lab, BCAST};
 

@@ -1,9 +1,9 @@
-//! vswitch with our own vhost-user frontend driver (bench::frontend) on several ports:
+//! vswitch with our own vhost-user frontend driver (vhost_frontend) on several ports:
 //! payload integrity, learning, flooding, mergeable buffers, reconnect, hostile guests.
 
 use std::time::Duration;
 
-use bench::frontend::{features, RawDesc};
+use vhost_frontend::{features, RawDesc};
 use switch::switch::PortKind;
 use switch::vhost_port::Mode;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};

@@ -101,7 +101,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         nets: a.nets,
         console,
     })
-    .map_err(|e| bench::report::error_chain(&e))?;
+    .map_err(|e| cli_support::error_chain(&e))?;
     eprintln!("{report}");
     Ok(ExitCode::from(report.ending.status() as u8))
 }

@@ -1,6 +1,6 @@
 //! The vhost-user side of a virtio-net device: one worker thread per NIC owns the connection to
 //! the switch. It probes the switch's features before the guest boots, replays the ordered
-//! set-up (`bench::vhost_setup::setup_vhost_user`) when the guest sets DRIVER_OK, and on a switch
+//! set-up (`vhost_frontend::vhost_setup::setup_vhost_user`) when the guest sets DRIVER_OK, and on a switch
 //! restart reconnects (client: every second; server: accept again) and replays with each vring's
 //! base taken from the used index in guest memory.
 
@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bench::vhost_setup::{self, MemoryRegion, QueueSetup, SetupError, VhostUserSetup};
+use vhost_frontend::vhost_setup::{self, MemoryRegion, QueueSetup, SetupError, VhostUserSetup};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 use vm_memory::{Bytes, GuestAddress};

@@ -1,6 +1,6 @@
 //! The driver side of a split virtqueue (virtio 1.x §2.7), over memory shared with a device.
 //!
-//! The ring only moves indices and descriptors; buffer management lives in `frontend`. Work is
+//! The ring only moves indices and descriptors; buffer management lives in `port`. Work is
 //! batched: entries are pushed to a shadow avail index and published with one release store
 //! ([`DriverRing::publish`]), which also makes the one notification decision of the burst
 //! (`NO_NOTIFY` in used.flags, or EVENT_IDX `avail_event`).

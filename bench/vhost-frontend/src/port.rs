@@ -837,5 +837,5 @@ impl std::ops::DerefMut for VhostUserPort {
 }
 
 #[cfg(test)]
-#[path = "frontend_tests.rs"]
+#[path = "port_tests.rs"]
 mod tests;

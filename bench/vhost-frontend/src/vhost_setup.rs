@@ -1,5 +1,5 @@
 //! The vhost-user frontend protocol set-up, as ONE ordered function that any frontend in the
-//! workspace replays: `bench::frontend` (our virtio-user-like driver) and the `vmm` crate (which
+//! workspace replays: `crate::port` (our virtio-user-like driver) and the `vmm` crate (which
 //! hands a KVM guest's memory and rings to the switch).
 //!
 //! Order (Cloud Hypervisor's `setup_vhost_user` shape): SET_OWNER → GET_FEATURES → SET_FEATURES →
