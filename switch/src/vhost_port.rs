@@ -10,13 +10,13 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use cli_support::{bind_unix_listener, BindError};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -643,18 +643,10 @@ pub enum Mode {
 /// Errors starting a port's session thread.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("socket {0} is in use by a running process")]
-    SocketInUse(PathBuf),
-    #[error("cannot listen on {path}")]
-    Listen {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot start the session thread for port {0}")]
     Thread(String, #[source] io::Error),
-    #[error("{path} exists and is {kind}, not a socket; remove it or choose another path")]
-    NotASocket { path: PathBuf, kind: &'static str },
     #[error("cannot create the wake-up eventfd of a port's session thread")]
     Wake(#[source] io::Error),
 }
@@ -683,7 +675,7 @@ impl PortRunner {
         let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(PortError::Wake)?);
         let conn: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let listener = match mode {
-            Mode::Server => Some(listen(socket)?),
+            Mode::Server => Some(bind_unix_listener(socket)?),
             Mode::Client => None,
         };
         let (t_stop, t_wake, t_conn, t_socket, t_name) = (
@@ -731,56 +723,6 @@ impl PortRunner {
         if self.mode == Mode::Server {
             let _ = std::fs::remove_file(&self.socket);
         }
-    }
-}
-
-/// Binds a server socket. Only a stale socket (one nobody accepts on) is replaced; any other
-/// file at the path is refused rather than deleted.
-fn listen(path: &Path) -> Result<UnixListener, PortError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(PortError::SocketInUse(path.to_path_buf()));
-            }
-            // A stale socket from a previous run.
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(meta) => {
-            return Err(PortError::NotASocket {
-                path: path.to_path_buf(),
-                kind: file_kind(&meta.file_type()),
-            })
-        }
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let l = UnixListener::bind(path).map_err(|source| PortError::Listen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    l.set_nonblocking(true)
-        .map_err(|source| PortError::Listen {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(l)
-}
-
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_file() {
-        "a regular file"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device node"
-    } else {
-        "not a socket"
     }
 }
 
@@ -913,54 +855,4 @@ fn serve_session(
     *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
     core.session_ended(uid);
     tracing::info!("port {name}: frontend disconnected");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_refuses_a_non_socket_and_replaces_only_a_stale_socket() {
-        let dir = std::env::temp_dir().join(format!("switchyard-listen-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-
-        let file = dir.join("precious.img");
-        std::fs::write(&file, b"data").unwrap();
-        let e = listen(&file).unwrap_err();
-        assert!(matches!(e, PortError::NotASocket { .. }), "{e:?}");
-        assert!(
-            e.to_string().contains("is a regular file, not a socket"),
-            "{e}"
-        );
-        assert_eq!(
-            std::fs::read(&file).unwrap(),
-            b"data",
-            "the file was touched"
-        );
-
-        let sub = dir.join("subdir");
-        std::fs::create_dir(&sub).unwrap();
-        assert!(
-            matches!(listen(&sub), Err(PortError::NotASocket { kind, .. }) if kind == "a directory")
-        );
-        assert!(sub.is_dir());
-
-        let link = dir.join("link.sock");
-        std::os::unix::fs::symlink(&file, &link).unwrap();
-        assert!(
-            matches!(listen(&link), Err(PortError::NotASocket { kind, .. }) if kind == "a symbolic link")
-        );
-        assert_eq!(std::fs::read(&file).unwrap(), b"data");
-
-        // A live socket is in use; a stale one (nobody accepts) is replaced.
-        let sock = dir.join("port.sock");
-        let live = listen(&sock).unwrap();
-        assert!(matches!(listen(&sock), Err(PortError::SocketInUse(_))));
-        drop(live);
-        let again = listen(&sock).unwrap();
-        assert!(UnixStream::connect(&sock).is_ok());
-        drop(again);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

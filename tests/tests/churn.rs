@@ -63,7 +63,7 @@ fn a_thousand_abrupt_sessions_leave_a_streaming_pair_untouched_and_leak_nothing(
             }
             let t = Instant::now();
             let mut c = VhostUserPort::connect(&cfg).unwrap_or_else(|e| {
-                panic!("cycle {i}: connect: {}", bench::report::error_chain(&e))
+                panic!("cycle {i}: connect: {}", cli_support::error_chain(&e))
             });
             handshakes.push(t.elapsed());
             // The previous session is over (the switch serves one at a time): drop whatever it
@@ -166,7 +166,7 @@ fn frontends_killed_mid_stream_do_not_pause_other_ports() {
             while d.recv(|_| {}) > 0 {}
             let t = Instant::now();
             let mut c = VhostUserPort::connect(&cfg).unwrap_or_else(|e| {
-                panic!("kill {i}: connect: {}", bench::report::error_chain(&e))
+                panic!("kill {i}: connect: {}", cli_support::error_chain(&e))
             });
             let hs = t.elapsed();
             let to_d: Vec<Vec<u8>> = (0..32)

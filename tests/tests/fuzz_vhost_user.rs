@@ -370,7 +370,7 @@ fn check_port(lab: &Lab, y: &mut VhostUserPort, seed: u64) {
     let mut x = VhostUserPort::connect(&cfg).unwrap_or_else(|e| {
         panic!(
             "seed {seed:#x}: the attacked port refuses a good frontend: {}",
-            bench::report::error_chain(&e)
+            cli_support::error_chain(&e)
         )
     });
     while y.recv(|_| {}) > 0 {}
