@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_frontend::{PortConfig, VhostUserPort};
 use switch::switch::{PortKind, PortStatsRow, SwitchConfig, SwitchCore};
 use switch::vhost_port::Mode;
+use vhost_frontend::{PortConfig, VhostUserPort};
 
 use crate::Scratch;
 

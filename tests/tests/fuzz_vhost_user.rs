@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_frontend::{PortConfig, VhostUserPort};
 use switchyard_tests::lab::{collect, frame, mac, send_all, Lab, BCAST};
 use switchyard_tests::stream::{check_pair, with_streaming_pair, MAC_C, MAC_D};
+use vhost_frontend::{PortConfig, VhostUserPort};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// xorshift64*: small, seeded, reproducible.

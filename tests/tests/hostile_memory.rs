@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vhost_frontend::{features, FrontendError, PortConfig, VhostUserPort};
-use vhost_frontend::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
 use hugepages::{HugePolicy, PageSize};
 use switchyard_tests::lab::{collect, frame, mac, Lab, BCAST};
 use switchyard_tests::{skip_unless, wait_until};
+use vhost_frontend::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
+use vhost_frontend::{features, FrontendError, PortConfig, VhostUserPort};
 
 /// A sparse memfd of `len` bytes (nothing touched), shmem or 2M hugetlb, sealed or not.
 fn raw_memfd(len: u64, hugetlb: bool, seal: bool) -> File {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vhost_frontend::{features, RawDesc, VhostUserPort};
 use switch::vring::ChainError;
 use switchyard_tests::lab::{frame, mac, Lab, BCAST};
+use vhost_frontend::{features, RawDesc, VhostUserPort};
 
 const CSUM: u64 = 1 << 0;
 const GUEST_CSUM: u64 = 1 << 1;

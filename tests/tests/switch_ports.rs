@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use vhost_frontend::{features, RawDesc};
 use switch::switch::PortKind;
 use switch::vhost_port::Mode;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
+use vhost_frontend::{features, RawDesc};
 
 #[test]
 fn frames_arrive_intact_learning_sends_unicast_and_flooding_reaches_all_others() {
