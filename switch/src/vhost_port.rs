@@ -26,6 +26,12 @@ use vhost::vhost_user::{
     BackendReqHandler, Error as VuError, GpuBackend, VhostUserBackendReqHandlerMut,
 };
 use vhost::VhostUserMemoryRegionBase;
+use virtio_spec::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::datapath::QueueRt;
@@ -36,20 +42,6 @@ use crate::vring::{DeviceRing, RingAddrs};
 /// Queue pairs a port offers (VIRTIO_NET_F_MQ).
 pub const MAX_QUEUE_PAIRS: usize = 8;
 const NUM_VRINGS: usize = 2 * MAX_QUEUE_PAIRS;
-
-const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
-const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
-const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
-const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
-const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
-const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
-const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-const VIRTIO_F_ANY_LAYOUT: u64 = 1 << 27;
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Virtio features every vhost-user port offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
@@ -164,11 +156,7 @@ impl VhostPortBackend {
     }
 
     fn hdr_len(&self) -> usize {
-        if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
-            12
-        } else {
-            10
-        }
+        virtio_spec::net::header_len(self.features)
     }
 
     /// Offloads of ring `index` for the datapath: on an rx ring what the guest accepts, on a

@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend, Listener, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_spec::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use vmm_sys_util::eventfd::EventFd;
-
-/// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol feature negotiation.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// One region of the frontend's memory, shared with the backend by fd.
 #[derive(Clone, Copy, Debug)]
