@@ -26,6 +26,9 @@ fn main() {
             entry.expect("dir entry").path().display()
         );
     }
+    // The guest includes the shared virtio vocabulary by path.
+    let virtio_spec = manifest.join("../switch/virtio-spec/src/spec.rs");
+    println!("cargo:rerun-if-changed={}", virtio_spec.display());
     println!("cargo:rerun-if-changed=build.rs");
 
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

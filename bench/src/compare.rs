@@ -9,12 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cli_support::error_chain;
 use hugepages::HugePolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::peers::{self, PeerConfig, SwitchKind};
 use crate::rate::{parse_duration, Rate, SizeList, SizeMix};
-use crate::report::{error_chain, Machine, COMPARE_SCHEMA};
+use crate::report::{Machine, COMPARE_SCHEMA};
 use crate::run::{AttachConfig, RunError, Session, TrialConfig};
 use crate::stats::LatencySummary;
 use crate::testpmd_gen::{GenConfig, TestpmdGen};

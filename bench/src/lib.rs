@@ -1,12 +1,9 @@
-//! Switchyard's bench crate: a vhost-user frontend driver of our own ([`frontend`]), the ordered
-//! vhost-user set-up shared with the `vmm` crate ([`vhost_setup`]), and the `pktgen` traffic
-//! generator built on them ([`run`], [`rfc2544`], [`compare`]).
+//! Switchyard's `pktgen` traffic generator ([`run`], [`rfc2544`], [`compare`]), built on our
+//! vhost-user frontend (the `vhost-frontend` crate).
 
 pub mod chart;
 pub mod clock;
 pub mod compare;
-pub mod driver_ring;
-pub mod frontend;
 pub mod packet;
 pub mod peers;
 pub mod rate;
@@ -15,7 +12,3 @@ pub mod rfc2544;
 pub mod run;
 pub mod stats;
 pub mod testpmd_gen;
-pub mod vhost_setup;
-
-pub use frontend::{FrontendError, PortConfig, PortDatapath, RawDesc, VhostUserPort};
-pub use vhost_setup::{setup_vhost_user, Negotiated, SetupError, VhostUserSetup};

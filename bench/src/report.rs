@@ -136,18 +136,6 @@ pub fn summary_table(r: &TrialResult) -> String {
     s
 }
 
-/// An error and its causes as one line: `outer: cause: root cause` (for CLI error messages).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,10 +14,10 @@ use hugepages::HugePolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::frontend::{FrontendError, PortConfig, VhostUserPort};
 use crate::packet::{self, FrameTemplate, Parsed, FCS_LEN, WIRE_OVERHEAD};
 use crate::rate::{Pacer, Rate, SizeMix};
 use crate::stats::{Latency, LatencySummary, SeqTracker};
+use vhost_frontend::{FrontendError, PortConfig, VhostUserPort};
 
 /// Frames per tx burst.
 pub const BURST: usize = 32;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cli_support::{bind_unix_listener, BindError};
 use serde::{Deserialize, Serialize};
 
 use crate::bridge::SwitchCore;
@@ -113,12 +114,8 @@ pub enum CtlError {
     Io(PathBuf, #[source] std::io::Error),
     #[error("vswitch sent a reply that is not valid JSON")]
     BadReply(#[source] serde_json::Error),
-    #[error("cannot listen on control socket {path}")]
-    Listen {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot serve the control socket")]
+    Listen(#[source] BindError),
     #[error("control socket {0} is in use by another running vswitch")]
     InUse(PathBuf),
 }
@@ -171,25 +168,10 @@ pub struct CtlServer {
 
 impl CtlServer {
     pub fn bind(path: &Path) -> Result<Self, CtlError> {
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(CtlError::InUse(path.to_path_buf()));
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let listener = UnixListener::bind(path).map_err(|source| CtlError::Listen {
-            path: path.to_path_buf(),
-            source,
+        let listener = bind_unix_listener(path).map_err(|e| match e {
+            BindError::InUse(path) => CtlError::InUse(path),
+            other => CtlError::Listen(other),
         })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| CtlError::Listen {
-                path: path.to_path_buf(),
-                source,
-            })?;
         Ok(CtlServer {
             listener,
             path: path.to_path_buf(),

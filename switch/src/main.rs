@@ -159,12 +159,7 @@ enum CtlCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli_support::init_tracing("info");
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(args) => run(args),
@@ -174,12 +169,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vswitch: {e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                eprintln!("  caused by: {s}");
-                src = s.source();
-            }
+            eprintln!("vswitch: {}", cli_support::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -16,20 +16,21 @@
 
 use crate::sg::{Seg, SegList};
 use crate::vring::ChainError;
+use virtio_spec::net;
 
 /// virtio-net header flag: the checksum at `csum_start + csum_offset` must be completed.
-pub const F_NEEDS_CSUM: u8 = 1;
+pub const F_NEEDS_CSUM: u8 = net::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 /// virtio-net header flag: the checksum was verified (meaningful on receive only).
-pub const F_DATA_VALID: u8 = 2;
+pub const F_DATA_VALID: u8 = net::VIRTIO_NET_HDR_F_DATA_VALID;
 /// GSO types.
-pub const GSO_NONE: u8 = 0;
-pub const GSO_TCPV4: u8 = 1;
+pub const GSO_NONE: u8 = net::VIRTIO_NET_HDR_GSO_NONE;
+pub const GSO_TCPV4: u8 = net::VIRTIO_NET_HDR_GSO_TCPV4;
 /// UDP fragmentation (HOST_UFO): known to virtio, offered by no port.
-pub const GSO_UDP: u8 = 3;
-pub const GSO_TCPV6: u8 = 4;
+pub const GSO_UDP: u8 = net::VIRTIO_NET_HDR_GSO_UDP;
+pub const GSO_TCPV6: u8 = net::VIRTIO_NET_HDR_GSO_TCPV6;
 /// UDP segmentation (HOST_USO): known to virtio, offered by no port.
-pub const GSO_UDP_L4: u8 = 5;
-pub const GSO_ECN: u8 = 0x80;
+pub const GSO_UDP_L4: u8 = net::VIRTIO_NET_HDR_GSO_UDP_L4;
+pub const GSO_ECN: u8 = net::VIRTIO_NET_HDR_GSO_ECN;
 
 /// What a frame needs from its destination, and what a destination accepts (bit sets).
 pub const OFL_CSUM: u8 = 1;

@@ -30,7 +30,7 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// virtio-net header length used on the TAP (the 12-byte VERSION_1 form).
-pub const TAP_HDR_LEN: usize = 12;
+pub const TAP_HDR_LEN: usize = virtio_spec::net::VIRTIO_NET_HDR_MRG_RXBUF_LEN;
 /// Largest frame read from the TAP (a 64 KiB GSO frame with its Ethernet header), plus the
 /// vnet header.
 const SLOT: usize = 65536 + 256 + TAP_HDR_LEN;

@@ -13,13 +13,13 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use cli_support::{bind_unix_listener, BindError};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -29,6 +29,12 @@ use vhost::vhost_user::{
     BackendReqHandler, Error as VuError, GpuBackend, VhostUserBackendReqHandlerMut,
 };
 use vhost::VhostUserMemoryRegionBase;
+use virtio_spec::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use serde::Serialize;
@@ -40,20 +46,6 @@ use crate::vring::{DeviceRing, RingAddrs, RingError, MAX_QUEUE_SIZE};
 /// Queue pairs a port offers (VIRTIO_NET_F_MQ).
 pub const MAX_QUEUE_PAIRS: usize = 8;
 const NUM_VRINGS: usize = 2 * MAX_QUEUE_PAIRS;
-
-const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
-const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
-const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
-const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
-const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
-const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
-const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-const VIRTIO_F_ANY_LAYOUT: u64 = 1 << 27;
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Virtio features every vhost-user port offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
@@ -279,11 +271,7 @@ impl VhostPortBackend {
     }
 
     fn hdr_len(&self) -> usize {
-        if self.features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
-            12
-        } else {
-            10
-        }
+        virtio_spec::net::header_len(self.features)
     }
 
     /// Offloads of ring `index` for the datapath: on an rx ring what the guest accepts, on a
@@ -751,18 +739,10 @@ pub enum Mode {
 /// Errors starting a port's session thread.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("socket {0} is in use by a running process")]
-    SocketInUse(PathBuf),
-    #[error("cannot listen on {path}")]
-    Listen {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot start the session thread for port {0}")]
     Thread(String, #[source] io::Error),
-    #[error("{path} exists and is {kind}, not a socket; remove it or choose another path")]
-    NotASocket { path: PathBuf, kind: &'static str },
     #[error("cannot create the wake-up eventfd of a port's session thread")]
     Wake(#[source] io::Error),
 }
@@ -791,7 +771,7 @@ impl PortRunner {
         let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(PortError::Wake)?);
         let conn: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let listener = match mode {
-            Mode::Server => Some(listen(socket)?),
+            Mode::Server => Some(bind_unix_listener(socket)?),
             Mode::Client => None,
         };
         let session = Session {
@@ -841,56 +821,6 @@ impl PortRunner {
         if self.mode == Mode::Server {
             let _ = std::fs::remove_file(&self.socket);
         }
-    }
-}
-
-/// Binds a server socket. Only a stale socket (one nobody accepts on) is replaced; any other
-/// file at the path is refused rather than deleted.
-fn listen(path: &Path) -> Result<UnixListener, PortError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(PortError::SocketInUse(path.to_path_buf()));
-            }
-            // A stale socket from a previous run.
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(meta) => {
-            return Err(PortError::NotASocket {
-                path: path.to_path_buf(),
-                kind: file_kind(&meta.file_type()),
-            })
-        }
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let l = UnixListener::bind(path).map_err(|source| PortError::Listen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    l.set_nonblocking(true)
-        .map_err(|source| PortError::Listen {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(l)
-}
-
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_file() {
-        "a regular file"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device node"
-    } else {
-        "not a socket"
     }
 }
 

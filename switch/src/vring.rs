@@ -13,17 +13,18 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
+use virtio_spec::ring::{
+    avail_event_offset, avail_ring_size, desc_table_size, need_event, used_event_offset,
+    used_ring_size, AVAIL_ALIGN, DESC_ALIGN, DESC_SIZE, IDX_OFFSET, RING_OFFSET, USED_ALIGN,
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+};
+
 use crate::guest_mem::GuestMemory;
 use crate::sg::SegList;
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
-const VRING_USED_F_NO_NOTIFY: u16 = 1;
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-
 /// Largest queue size virtio allows.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+pub use virtio_spec::ring::MAX_QUEUE_SIZE;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -52,11 +53,11 @@ impl RingAddrs {
     /// The three areas of a ring of `size` entries as (name, start, length): descriptor table,
     /// avail ring (with used_event) and used ring (with avail_event).
     pub fn areas(&self, size: u32) -> [(&'static str, u64, u64); 3] {
-        let n = size as u64;
+        let n = size as usize;
         [
-            ("descriptor", self.desc, 16 * n),
-            ("avail", self.avail, 6 + 2 * n),
-            ("used", self.used, 6 + 8 * n),
+            ("descriptor", self.desc, desc_table_size(n) as u64),
+            ("avail", self.avail, avail_ring_size(n) as u64),
+            ("used", self.used, used_ring_size(n) as u64),
         ]
     }
 
@@ -202,7 +203,7 @@ impl DeviceRing {
         if addrs.overlaps(size, &addrs, size) {
             return Err(RingError::SelfOverlap);
         }
-        let n = size as u64;
+        let n = size as usize;
         let area = |area: &'static str, addr: u64, len: u64, align: u64| {
             if !addr.is_multiple_of(align) {
                 return Err(RingError::Misaligned { area, addr, align });
@@ -218,23 +219,38 @@ impl DeviceRing {
             }
             Ok(host)
         };
-        let desc = area("descriptor", addrs.desc, 16 * n, 16)?;
-        let avail = area("avail", addrs.avail, 6 + 2 * n, 2)?;
-        let used = area("used", addrs.used, 6 + 8 * n, 4)?;
+        let desc = area(
+            "descriptor",
+            addrs.desc,
+            desc_table_size(n) as u64,
+            DESC_ALIGN as u64,
+        )?;
+        let avail = area(
+            "avail",
+            addrs.avail,
+            avail_ring_size(n) as u64,
+            AVAIL_ALIGN as u64,
+        )?;
+        let used = area(
+            "used",
+            addrs.used,
+            used_ring_size(n) as u64,
+            USED_ALIGN as u64,
+        )?;
         // SAFETY: all offsets below are inside the areas checked just above (avail: flags 0,
-        // idx 2, ring 4.., used_event 4+2n; used: flags 0, idx 2, ring 4.., avail_event 4+8n),
-        // and the alignment checks make the u16/u32 accesses aligned.
+        // idx 2, ring 4.., used_event 4+2n; used: flags 0, idx 2, ring 4.., avail_event 4+8n:
+        // `virtio_spec::ring`), and the alignment checks make the u16/u32 accesses aligned.
         let ring = unsafe {
             DeviceRing {
                 desc: desc as *const Desc,
                 avail_flags: avail as *const AtomicU16,
-                avail_idx: avail.add(2) as *const AtomicU16,
-                avail_ring: avail.add(4) as *const u16,
-                used_event: avail.add(4 + 2 * n as usize) as *const AtomicU16,
+                avail_idx: avail.add(IDX_OFFSET) as *const AtomicU16,
+                avail_ring: avail.add(RING_OFFSET) as *const u16,
+                used_event: avail.add(used_event_offset(n)) as *const AtomicU16,
                 used_flags: used as *const AtomicU16,
-                used_idx: used.add(2) as *const AtomicU16,
-                used_ring: used.add(4) as *mut UsedElem,
-                avail_event: used.add(4 + 8 * n as usize) as *const AtomicU16,
+                used_idx: used.add(IDX_OFFSET) as *const AtomicU16,
+                used_ring: used.add(RING_OFFSET) as *mut UsedElem,
+                avail_event: used.add(avail_event_offset(n)) as *const AtomicU16,
                 size: size as u16,
                 mask: (size - 1) as u16,
                 last_avail: base,
@@ -397,7 +413,9 @@ impl DeviceRing {
                 if indirect || !segs.segs().is_empty() || d.flags & VRING_DESC_F_NEXT != 0 {
                     return Err(ChainError::BadIndirect);
                 }
-                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > MAX_QUEUE_SIZE as u32 {
+                let desc_size = DESC_SIZE as u32;
+                if d.len == 0 || d.len % desc_size != 0 || d.len / desc_size > MAX_QUEUE_SIZE as u32
+                {
                     return Err(ChainError::BadIndirect);
                 }
                 let ptr = self
@@ -405,7 +423,7 @@ impl DeviceRing {
                     .translate(d.addr, d.len as u64)
                     .ok_or(ChainError::BadAddress)?;
                 table = ptr as *const Desc;
-                table_len = d.len / 16;
+                table_len = d.len / desc_size;
                 idx = 0;
                 seen = 0;
                 indirect = true;
@@ -496,7 +514,7 @@ impl DeviceRing {
         if self.event_idx {
             // SAFETY: inside the checked avail area, aligned.
             let used_event = unsafe { &*self.used_event }.load(Ordering::Relaxed);
-            new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
+            need_event(used_event, new, old)
         } else {
             // SAFETY: inside the checked avail area, aligned.
             unsafe { &*self.avail_flags }.load(Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0

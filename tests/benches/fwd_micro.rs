@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bench::frontend::{features, PortConfig, PortDatapath};
 use switch::datapath::{
     Forwarder, PmdSnapshot, PortOut, PortRt, QueueRt, RxSource, RxqRt, Workspace, MAX_PORTS,
 };
@@ -17,6 +16,7 @@ use switch::fdb::Fdb;
 use switch::guest_mem::{GuestMemory, RegionDesc};
 use switch::stats::PmdCounters;
 use switch::vring::{DeviceRing, RingAddrs};
+use vhost_frontend::{features, PortConfig, PortDatapath};
 
 struct Side {
     dp: PortDatapath,

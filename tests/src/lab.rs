@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{PortConfig, VhostUserPort};
 use switch::bridge::{PortStatsRow, SwitchConfig, SwitchCore};
 use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
+use vhost_frontend::{PortConfig, VhostUserPort};
 
 use crate::Scratch;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bench::frontend::VhostUserPort;
+use vhost_frontend::VhostUserPort;
 
 use crate::lab::{frame, mac, Lab, BCAST};
 

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use bench::frontend::{PortConfig, VhostUserPort};
 use switchyard_tests::lab::{collect, frame, mac, send_all, Lab, BCAST};
 use switchyard_tests::streaming_pair::{check_pair, with_streaming_pair, MAC_C, MAC_D};
+use vhost_frontend::{PortConfig, VhostUserPort};
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -64,9 +64,8 @@ fn a_thousand_abrupt_sessions_leave_a_streaming_pair_untouched_and_leak_nothing(
                 base = (fd_count(), rss_kib());
             }
             let t = Instant::now();
-            let mut c = VhostUserPort::connect(&cfg).unwrap_or_else(|e| {
-                panic!("cycle {i}: connect: {}", bench::report::error_chain(&e))
-            });
+            let mut c = VhostUserPort::connect(&cfg)
+                .unwrap_or_else(|e| panic!("cycle {i}: connect: {}", cli_support::error_chain(&e)));
             handshakes.push(t.elapsed());
             // The previous session is over (the switch serves one at a time): drop whatever it
             // left in d's rx ring.
@@ -167,9 +166,8 @@ fn frontends_killed_mid_stream_do_not_pause_other_ports() {
         for i in 0..KILLS {
             while d.recv(|_| {}) > 0 {}
             let t = Instant::now();
-            let mut c = VhostUserPort::connect(&cfg).unwrap_or_else(|e| {
-                panic!("kill {i}: connect: {}", bench::report::error_chain(&e))
-            });
+            let mut c = VhostUserPort::connect(&cfg)
+                .unwrap_or_else(|e| panic!("kill {i}: connect: {}", cli_support::error_chain(&e)));
             let hs = t.elapsed();
             let to_d: Vec<Vec<u8>> = (0..32)
                 .map(|k| frame(mac(MAC_D), mac(MAC_C), k, 1500))

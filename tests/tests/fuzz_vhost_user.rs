@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{PortConfig, VhostUserPort};
 use switchyard_tests::lab::{collect, frame, mac, send_all, Lab, BCAST};
 use switchyard_tests::streaming_pair::{check_pair, with_streaming_pair, MAC_C, MAC_D};
+use vhost_frontend::{PortConfig, VhostUserPort};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// xorshift64*: small, seeded, reproducible.
@@ -370,7 +370,7 @@ fn check_port(lab: &Lab, y: &mut VhostUserPort, seed: u64) {
     let mut x = VhostUserPort::connect(&cfg).unwrap_or_else(|e| {
         panic!(
             "seed {seed:#x}: the attacked port refuses a good frontend: {}",
-            bench::report::error_chain(&e)
+            cli_support::error_chain(&e)
         )
     });
     while y.recv(|_| {}) > 0 {}

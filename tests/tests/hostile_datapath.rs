@@ -5,7 +5,6 @@
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{features, RawDesc};
 use switch::datapath::PortSecurity;
 use switch::stats::TxDrop;
 use switch::vring::ChainError;
@@ -13,6 +12,7 @@ use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
 use switchyard_tests::streaming_pair::{StreamConfig, StreamingPair};
 use switchyard_tests::wait_until;
 use vhost::VhostBackend;
+use vhost_frontend::{features, RawDesc};
 use vmm_sys_util::eventfd::EventFd;
 
 const F_NEXT: u16 = 1;

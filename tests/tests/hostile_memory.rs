@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::frontend::{features, FrontendError, PortConfig, VhostUserPort};
-use bench::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
 use hugepages::{HugePolicy, PageSize};
 use switchyard_tests::lab::{collect, frame, mac, Lab, BCAST};
 use switchyard_tests::streaming_pair::{Bystanders, StreamConfig, StreamingPair};
 use switchyard_tests::{skip_unless, wait_until};
+use vhost_frontend::vhost_setup::{self, MemoryRegion, SetupError, VhostUserSetup};
+use vhost_frontend::{features, FrontendError, PortConfig, VhostUserPort};
 
 /// A sparse memfd of `len` bytes (nothing touched), shmem or 2M hugetlb, sealed or not.
 fn raw_memfd(len: u64, hugetlb: bool, seal: bool) -> File {

@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use bench::frontend::{features, RawDesc, VhostUserPort};
 use switch::vring::ChainError;
 use switchyard_tests::lab::{mac, Lab};
 use switchyard_tests::streaming_pair::{StreamConfig, StreamingPair};
+use vhost_frontend::{features, RawDesc, VhostUserPort};
 
 const CSUM: u64 = 1 << 0;
 const GUEST_CSUM: u64 = 1 << 1;

@@ -196,7 +196,7 @@ fn pktgen_listens_for_a_client_mode_vswitch() {
 
 #[test]
 fn frontend_with_two_queue_pairs_passes_frames_on_both_through_vswitch() {
-    use bench::frontend::{PortConfig, VhostUserPort};
+    use vhost_frontend::{PortConfig, VhostUserPort};
     if skip_unless(
         switchyard_tests::is_root(),
         "needs root (hugepages, pinning)",

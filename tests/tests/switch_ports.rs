@@ -1,12 +1,12 @@
-//! vswitch with our own vhost-user frontend driver (bench::frontend) on several ports:
+//! vswitch with our own vhost-user frontend driver (vhost_frontend) on several ports:
 //! payload integrity, learning, flooding, mergeable buffers, reconnect, hostile guests.
 
 use std::time::Duration;
 
-use bench::frontend::{features, RawDesc};
 use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
 use switchyard_tests::lab::{collect, frame, mac, quiet, send_all, Lab, BCAST};
+use vhost_frontend::{features, RawDesc};
 
 #[test]
 fn frames_arrive_intact_learning_sends_unicast_and_flooding_reaches_all_others() {

@@ -3,13 +3,14 @@
 //! `vmm list/info/stop` talk to those sockets.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cli_support::{bind_unix_listener, BindError};
 use serde::{Deserialize, Serialize};
 
 use crate::kvm::VmEvent;
@@ -24,8 +25,11 @@ pub enum CtlError {
     #[error("a VM named {0:?} is already running")]
     NameTaken(String),
     /// Binding the socket failed.
-    #[error("cannot listen on {0}")]
-    Bind(PathBuf, #[source] std::io::Error),
+    #[error("cannot serve the VM's control socket")]
+    Bind(#[source] BindError),
+    /// The thread serving the socket could not be started.
+    #[error("cannot start the control socket's thread")]
+    Thread(#[source] std::io::Error),
     /// No VM of that name.
     #[error("no running VM named {0:?}")]
     NoSuchVm(String),
@@ -124,16 +128,10 @@ impl CtlServer {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| CtlError::RunDir(dir.clone(), e))?;
         let path = socket_path(&dir, name);
-        if path.exists() {
-            if UnixStream::connect(&path).is_ok() {
-                return Err(CtlError::NameTaken(name.into()));
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-        let listener = UnixListener::bind(&path).map_err(|e| CtlError::Bind(path.clone(), e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| CtlError::Bind(path.clone(), e))?;
+        let listener = bind_unix_listener(&path).map_err(|e| match e {
+            BindError::InUse(_) => CtlError::NameTaken(name.into()),
+            other => CtlError::Bind(other),
+        })?;
         std::thread::Builder::new()
             .name("vmm-ctl".into())
             .spawn(move || {
@@ -146,7 +144,7 @@ impl CtlServer {
                     }
                 }
             })
-            .map_err(|e| CtlError::Bind(path.clone(), e))?;
+            .map_err(CtlError::Thread)?;
         Ok(CtlServer { path })
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cli_support::error_chain;
 use vmm::boot::BootSource;
 use vmm::{config, ctl, guest_image, Console, VmConfig};
 
@@ -101,18 +102,13 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         nets: a.nets,
         console,
     })
-    .map_err(|e| bench::report::error_chain(&e))?;
+    .map_err(|e| error_chain(&e))?;
     eprintln!("{report}");
     Ok(ExitCode::from(report.ending.status() as u8))
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli_support::init_tracing("info");
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => run(a),
@@ -120,11 +116,11 @@ fn main() -> ExitCode {
             print!("{}", ctl::format_list(&ctl::list()));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Info { name } => ctl::info(&name).map_err(|e| e.to_string()).map(|i| {
+        Cmd::Info { name } => ctl::info(&name).map_err(|e| error_chain(&e)).map(|i| {
             println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
             ExitCode::SUCCESS
         }),
-        Cmd::Stop { name } => ctl::stop(&name).map_err(|e| e.to_string()).map(|_| {
+        Cmd::Stop { name } => ctl::stop(&name).map_err(|e| error_chain(&e)).map(|_| {
             println!("stopped {name}");
             ExitCode::SUCCESS
         }),

@@ -1,6 +1,6 @@
 //! The vhost-user side of a virtio-net device: one worker thread per NIC owns the connection to
 //! the switch. It probes the switch's features before the guest boots, replays the ordered
-//! set-up (`bench::vhost_setup::setup_vhost_user`) when the guest sets DRIVER_OK, and on a switch
+//! set-up (`vhost_frontend::vhost_setup::setup_vhost_user`) when the guest sets DRIVER_OK, and on a switch
 //! restart reconnects (client: every second; server: accept again) and replays with each vring's
 //! base taken from the used index in guest memory.
 
@@ -11,12 +11,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bench::vhost_setup::{self, MemoryRegion, QueueSetup, SetupError, VhostUserSetup};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
+use vhost_frontend::vhost_setup::{self, MemoryRegion, QueueSetup, SetupError, VhostUserSetup};
+use virtio_spec::features::{VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1};
+use virtio_spec::ring::{avail_ring_size, desc_table_size, used_ring_size, IDX_OFFSET};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::virtio_net::{NicStatus, QueueFds, F_VERSION_1};
+use crate::devices::virtio_net::{NicStatus, QueueFds};
 use crate::memory::GuestRam;
 
 /// Errors of the vhost-user worker.
@@ -154,14 +156,20 @@ fn setup_for<'a>(
     let mut queues = Vec::new();
     // setup_vhost_user numbers vrings by position: fill any gap up to the highest ring.
     for r in rings {
-        let n = r.size as u64;
+        let n = r.size as usize;
         let outside = || VhostError::RingOutsideMemory(r.index);
-        let desc = ram.host_addr(r.desc, 16 * n).ok_or_else(outside)?;
-        let avail = ram.host_addr(r.avail, 6 + 2 * n).ok_or_else(outside)?;
-        let used = ram.host_addr(r.used, 6 + 8 * n).ok_or_else(outside)?;
+        let desc = ram
+            .host_addr(r.desc, desc_table_size(n) as u64)
+            .ok_or_else(outside)?;
+        let avail = ram
+            .host_addr(r.avail, avail_ring_size(n) as u64)
+            .ok_or_else(outside)?;
+        let used = ram
+            .host_addr(r.used, used_ring_size(n) as u64)
+            .ok_or_else(outside)?;
         let base: u16 = ram
             .mem()
-            .read_obj(GuestAddress(r.used + 2))
+            .read_obj(GuestAddress(r.used + IDX_OFFSET as u64))
             .map_err(|_| outside())?;
         let f = &fds[r.index as usize];
         queues.push(QueueSetup {
@@ -175,11 +183,11 @@ fn setup_for<'a>(
         });
     }
     let mut setup = VhostUserSetup::new(
-        features | vhost_setup::VHOST_USER_F_PROTOCOL_FEATURES,
+        features | VHOST_USER_F_PROTOCOL_FEATURES,
         vec![region],
         queues,
     );
-    setup.required_features = F_VERSION_1;
+    setup.required_features = VIRTIO_F_VERSION_1;
     Ok(setup)
 }
 
@@ -222,7 +230,7 @@ impl Worker {
             "datapath handed to the switch"
         );
         conn.vrings = rings.len();
-        conn.can_enable = n.features & vhost_setup::VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        conn.can_enable = n.features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         match pairs {
             Some(p) => Self::set_pairs(conn, p),
             None => Ok(()),
@@ -362,7 +370,7 @@ mod tests {
                 used: 0x31_2000,
             },
         ];
-        let s = setup_for(&ram, F_VERSION_1, &rings, &fds).unwrap();
+        let s = setup_for(&ram, VIRTIO_F_VERSION_1, &rings, &fds).unwrap();
         assert_eq!(s.regions.len(), 1);
         assert_eq!(s.regions[0].userspace_addr, ram.host_base());
         assert_eq!(s.regions[0].guest_phys_addr, 0);
@@ -370,7 +378,7 @@ mod tests {
         assert_eq!(s.queues[0].used_addr, ram.host_base() + 0x30_2000);
         assert_eq!(s.queues[0].base, 7);
         assert_eq!(s.queues[1].base, 0);
-        assert_ne!(s.features & vhost_setup::VHOST_USER_F_PROTOCOL_FEATURES, 0);
+        assert_ne!(s.features & VHOST_USER_F_PROTOCOL_FEATURES, 0);
         let bad = [QueueRing {
             index: 0,
             size: 256,

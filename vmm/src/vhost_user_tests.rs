@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use switch::bridge::{SwitchConfig, SwitchCore};
 use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
+use virtio_spec::ring::VRING_DESC_F_WRITE;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::devices::virtio_net::F_VERSION_1;
+use virtio_spec::features::VIRTIO_F_VERSION_1;
 
 const QSIZE: u16 = 8;
 const HDR: usize = 12;
@@ -58,7 +59,11 @@ impl Guest {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let conn = connect(&ep, &stop, true).unwrap();
-        assert_ne!(conn.features & F_VERSION_1, 0, "switch offers VERSION_1");
+        assert_ne!(
+            conn.features & VIRTIO_F_VERSION_1,
+            0,
+            "switch offers VERSION_1"
+        );
         let status = Arc::new(NicStatus::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let w = Worker {
@@ -83,7 +88,7 @@ impl Guest {
     fn activate(&self) {
         self.tx
             .send(NetCmd::Activate {
-                features: F_VERSION_1,
+                features: VIRTIO_F_VERSION_1,
                 rings: vec![ring(0), ring(1)],
             })
             .unwrap();
@@ -96,7 +101,7 @@ impl Guest {
         let slot = self.avail_idx[q as usize] % QSIZE;
         let buf = BUFS + q as u64 * 0x1_0000 + slot as u64 * 0x800;
         m.write_slice(data, GuestAddress(buf)).unwrap();
-        let flags: u16 = if q == 0 { 2 } else { 0 }; // VIRTQ_DESC_F_WRITE for rx
+        let flags: u16 = if q == 0 { VRING_DESC_F_WRITE } else { 0 };
         let d = r.desc + slot as u64 * 16;
         m.write_obj(buf, GuestAddress(d)).unwrap();
         m.write_obj(len, GuestAddress(d + 8)).unwrap();

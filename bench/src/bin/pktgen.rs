@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bench::rate::{parse_duration, Rate, SizeList, SizeMix};
-use bench::report::{self, error_chain, Machine, RunReport};
+use bench::report::{self, Machine, RunReport};
 use bench::run::{AttachConfig, Session, TrialConfig};
 use clap::{Args, Parser, Subcommand};
+use cli_support::error_chain;
 use hugepages::{HugePolicy, PageSize};
 
 #[derive(Parser)]
@@ -147,12 +148,7 @@ struct Rfc2544Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli_support::init_tracing("warn");
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Run(a) => run(a),

@@ -17,6 +17,11 @@ mod hw;
 mod net;
 mod pci;
 mod virtio;
+// The virtio vocabulary the switch, the frontend and the VMM use too; this freestanding build
+// has no Cargo, so the dependency-free file is included by path. Not every name is used here.
+#[allow(dead_code)]
+#[path = "../../../switch/virtio-spec/src/spec.rs"]
+mod virtio_spec;
 
 use hw::{print, print_hex, print_ip, print_mac, print_u64, rdtsc};
 use net::{Config, Event, Identity, Ip, Mac, LINGER_FOREVER};

@@ -10,27 +10,27 @@ use crate::pci::{Dev, VirtioCaps};
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{compiler_fence, Ordering};
 
+use crate::virtio_spec::features::{
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+};
+use crate::virtio_spec::net::{NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_MRG_RXBUF_LEN};
+use crate::virtio_spec::ring::{
+    desc_table_size, AVAIL_ELEM_SIZE, DESC_FLAGS_OFFSET, DESC_LEN_OFFSET, DESC_NEXT_OFFSET,
+    DESC_SIZE, IDX_OFFSET, RING_OFFSET, USED_ELEM_LEN_OFFSET, USED_ELEM_SIZE,
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
+use crate::virtio_spec::status::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+};
+
 /// Largest queue this driver sets up; buffers are statically allocated for it.
 pub const MAX_QUEUE: usize = 256;
 /// One buffer per descriptor: a 12-byte header plus a 1514-byte frame fit.
 pub const BUF_SIZE: usize = 2048;
 /// `virtio_net_hdr_v1` (VERSION_1 always has num_buffers).
-pub const HDR_LEN: usize = 12;
+pub const HDR_LEN: usize = VIRTIO_NET_HDR_MRG_RXBUF_LEN;
 
-pub const F_MAC: u64 = 1 << 5;
-pub const F_MRG_RXBUF: u64 = 1 << 15;
-pub const F_STATUS: u64 = 1 << 16;
-pub const F_VERSION_1: u64 = 1 << 32;
-
-const S_ACKNOWLEDGE: u8 = 1;
-const S_DRIVER: u8 = 2;
-const S_DRIVER_OK: u8 = 4;
-const S_FEATURES_OK: u8 = 8;
-const S_FAILED: u8 = 0x80;
-
-const DESC_F_WRITE: u16 = 2;
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-const USED_F_NO_NOTIFY: u16 = 1;
 const NO_VECTOR: u16 = 0xffff;
 
 // virtio_pci_common_cfg offsets.
@@ -52,7 +52,7 @@ const Q_DEVICE: u64 = 0x30;
 /// Ring memory of one queue: descriptor table, avail ring, used ring, one page each.
 #[repr(C, align(4096))]
 struct RingMem {
-    desc: [u8; 16 * MAX_QUEUE],
+    desc: [u8; desc_table_size(MAX_QUEUE)],
     avail: [u8; 4096],
     used: [u8; 4096],
 }
@@ -62,7 +62,7 @@ struct Buffers([u8; BUF_SIZE * MAX_QUEUE]);
 
 static mut RINGS: [RingMem; 2] = [const {
     RingMem {
-        desc: [0; 16 * MAX_QUEUE],
+        desc: [0; desc_table_size(MAX_QUEUE)],
         avail: [0; 4096],
         used: [0; 4096],
     }
@@ -115,39 +115,49 @@ impl Queue {
     }
 
     fn set_desc(&self, id: u16, len: u32, flags: u16) {
-        // SAFETY: id < size; the descriptor table has 16 * MAX_QUEUE bytes and is only written
-        // by the driver.
+        // SAFETY: id < size; the descriptor table has room for MAX_QUEUE descriptors and is
+        // only written by the driver.
         unsafe {
-            let d = self.desc.add(usize::from(id) * 16);
+            let d = self.desc.add(usize::from(id) * DESC_SIZE);
             write_volatile(d as *mut u64, self.buf(id) as u64);
-            write_volatile(d.add(8) as *mut u32, len);
-            write_volatile(d.add(12) as *mut u16, flags);
-            write_volatile(d.add(14) as *mut u16, 0);
+            write_volatile(d.add(DESC_LEN_OFFSET) as *mut u32, len);
+            write_volatile(d.add(DESC_FLAGS_OFFSET) as *mut u16, flags);
+            write_volatile(d.add(DESC_NEXT_OFFSET) as *mut u16, 0);
         }
     }
 
     fn set_desc_len(&self, id: u16, len: u32) {
         // SAFETY: as in `set_desc`.
-        unsafe { write_volatile(self.desc.add(usize::from(id) * 16 + 8) as *mut u32, len) }
+        unsafe {
+            write_volatile(
+                self.desc.add(usize::from(id) * DESC_SIZE + DESC_LEN_OFFSET) as *mut u32,
+                len,
+            )
+        }
     }
 
     /// Puts descriptor `id` in the avail ring (not yet published).
     fn push_avail(&mut self, id: u16) {
         let slot = usize::from(self.avail_idx & (self.size - 1));
         // SAFETY: avail ring entry `slot` < size lies inside the avail page (4 + 2 * 256 bytes).
-        unsafe { write_volatile(self.avail.add(4 + slot * 2) as *mut u16, id) };
+        unsafe {
+            write_volatile(
+                self.avail.add(RING_OFFSET + slot * AVAIL_ELEM_SIZE) as *mut u16,
+                id,
+            )
+        };
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
     /// Publishes the avail index and kicks the device unless it polls (used.flags NO_NOTIFY).
     fn publish(&mut self) -> bool {
         compiler_fence(Ordering::Release);
-        // SAFETY: avail.idx at offset 2 of the avail page.
-        unsafe { write_volatile(self.avail.add(2) as *mut u16, self.avail_idx) };
+        // SAFETY: avail.idx inside the avail page.
+        unsafe { write_volatile(self.avail.add(IDX_OFFSET) as *mut u16, self.avail_idx) };
         full_fence();
         // SAFETY: used.flags at offset 0 of the used page, written by the device.
         let flags = unsafe { read_volatile(self.used as *const u16) };
-        if flags & USED_F_NO_NOTIFY == 0 {
+        if flags & VRING_USED_F_NO_NOTIFY == 0 {
             mmio_write16(self.notify, self.index);
             return true;
         }
@@ -156,8 +166,8 @@ impl Queue {
 
     /// The device's used index (one read per burst; entries up to it are complete).
     fn used_idx(&self) -> u16 {
-        // SAFETY: used.idx at offset 2 of the used page.
-        let idx = unsafe { read_volatile(self.used.add(2) as *const u16) };
+        // SAFETY: used.idx inside the used page.
+        let idx = unsafe { read_volatile(self.used.add(IDX_OFFSET) as *const u16) };
         compiler_fence(Ordering::Acquire);
         idx
     }
@@ -165,12 +175,12 @@ impl Queue {
     /// Takes the used element at `last_used` (which must be before `used_idx()`).
     fn take_used(&mut self) -> (u16, u32) {
         let slot = usize::from(self.last_used & (self.size - 1));
-        // SAFETY: used ring element `slot` < size at 4 + 8 * slot inside the used page.
+        // SAFETY: used ring element `slot` < size lies inside the used page.
         let (id, len) = unsafe {
-            let e = self.used.add(4 + slot * 8);
+            let e = self.used.add(RING_OFFSET + slot * USED_ELEM_SIZE);
             (
                 read_volatile(e as *const u32),
-                read_volatile(e.add(4) as *const u32),
+                read_volatile(e.add(USED_ELEM_LEN_OFFSET) as *const u32),
             )
         };
         self.last_used = self.last_used.wrapping_add(1);
@@ -234,28 +244,34 @@ impl Net {
         while mmio_read8(c + STATUS) != 0 && spins < 1_000_000 {
             spins += 1;
         }
-        mmio_write8(c + STATUS, S_ACKNOWLEDGE);
-        mmio_write8(c + STATUS, S_ACKNOWLEDGE | S_DRIVER);
+        mmio_write8(c + STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        mmio_write8(
+            c + STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
         mmio_write32(c + DFSELECT, 0);
         let lo = mmio_read32(c + DF);
         mmio_write32(c + DFSELECT, 1);
         let offered = u64::from(mmio_read32(c + DF)) << 32 | u64::from(lo);
-        if offered & F_VERSION_1 == 0 {
-            mmio_write8(c + STATUS, S_FAILED);
+        if offered & VIRTIO_F_VERSION_1 == 0 {
+            mmio_write8(c + STATUS, VIRTIO_CONFIG_S_FAILED);
             return Err(InitError::NoVersion1);
         }
-        let mut want = F_VERSION_1 | F_MAC | F_STATUS;
+        let mut want = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
         if want_mrg {
-            want |= F_MRG_RXBUF;
+            want |= VIRTIO_NET_F_MRG_RXBUF;
         }
         let features = offered & want;
         mmio_write32(c + GFSELECT, 0);
         mmio_write32(c + GF, features as u32);
         mmio_write32(c + GFSELECT, 1);
         mmio_write32(c + GF, (features >> 32) as u32);
-        mmio_write8(c + STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-        if mmio_read8(c + STATUS) & S_FEATURES_OK == 0 {
-            mmio_write8(c + STATUS, S_FAILED);
+        mmio_write8(
+            c + STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+        );
+        if mmio_read8(c + STATUS) & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+            mmio_write8(c + STATUS, VIRTIO_CONFIG_S_FAILED);
             return Err(InitError::FeaturesRejected);
         }
 
@@ -311,7 +327,7 @@ impl Net {
             mmio_write16(c + Q_SELECT, q.index);
             let max = mmio_read16(c + Q_SIZE);
             if max == 0 {
-                mmio_write8(c + STATUS, S_FAILED);
+                mmio_write8(c + STATUS, VIRTIO_CONFIG_S_FAILED);
                 return Err(InitError::QueueUnavailable);
             }
             // The largest power of two allowed by us and by the device.
@@ -334,14 +350,14 @@ impl Net {
             let off = u64::from(mmio_read16(c + Q_NOTIFY_OFF));
             q.notify = caps.notify.addr + off * u64::from(caps.notify_mult);
             // SAFETY: avail.flags at offset 0 of the avail page: we poll, no interrupts please.
-            unsafe { write_volatile(q.avail as *mut u16, AVAIL_F_NO_INTERRUPT) };
+            unsafe { write_volatile(q.avail as *mut u16, VRING_AVAIL_F_NO_INTERRUPT) };
             mmio_write16(c + Q_ENABLE, 1);
         }
         let [rx, tx] = queues;
 
         // Post every rx buffer before DRIVER_OK.
         for id in 0..rx.size {
-            rx.set_desc(id, BUF_SIZE as u32, DESC_F_WRITE);
+            rx.set_desc(id, BUF_SIZE as u32, VRING_DESC_F_WRITE);
         }
         let mut net = Net {
             common: c,
@@ -349,7 +365,7 @@ impl Net {
             tx,
             tx_free: [0; MAX_QUEUE],
             tx_nfree: 0,
-            mrg_rxbuf: features & F_MRG_RXBUF != 0,
+            mrg_rxbuf: features & VIRTIO_NET_F_MRG_RXBUF != 0,
             features,
             mac: [0; 6],
             msix_vectors,
@@ -366,14 +382,17 @@ impl Net {
             net.tx_free[net.tx_nfree] = id;
             net.tx_nfree += 1;
         }
-        if features & F_MAC != 0 && caps.device.addr != 0 {
+        if features & VIRTIO_NET_F_MAC != 0 && caps.device.addr != 0 {
             for (i, b) in net.mac.iter_mut().enumerate() {
                 *b = mmio_read8(caps.device.addr + i as u64);
             }
         }
         mmio_write8(
             c + STATUS,
-            S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
         );
         if net.rx.publish() {
             net.stats.kicks += 1;
@@ -464,7 +483,7 @@ impl Net {
             // reposted below, and `data` does not outlive this iteration.
             let data = unsafe { core::slice::from_raw_parts(buf, len) };
             let nbuf = if self.mrg_rxbuf && len >= HDR_LEN {
-                u16::from_le_bytes([data[10], data[11]])
+                u16::from_le_bytes([data[NUM_BUFFERS_OFFSET], data[NUM_BUFFERS_OFFSET + 1]])
             } else {
                 1
             };

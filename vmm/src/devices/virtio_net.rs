@@ -8,6 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use virtio_spec::features::{
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_spec::status::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -31,29 +39,20 @@ pub const QUEUE_MAX: u16 = 256;
 /// "No vector".
 pub const NO_VECTOR: u16 = 0xffff;
 
-/// Feature bits.
-pub const F_MAC: u64 = 1 << 5;
-pub const F_MRG_RXBUF: u64 = 1 << 15;
-pub const F_STATUS: u64 = 1 << 16;
-pub const F_CTRL_VQ: u64 = 1 << 17;
-pub const F_MQ: u64 = 1 << 22;
-pub const F_INDIRECT_DESC: u64 = 1 << 28;
-pub const F_EVENT_IDX: u64 = 1 << 29;
-pub const F_VERSION_1: u64 = 1 << 32;
 /// Backend features the VMM lets through to the guest (the device side adds MAC and STATUS,
 /// and with more than one queue pair CTRL_VQ, whose queue the VMM serves, plus MQ when the
 /// switch offers it).
-pub const PASSTHROUGH: u64 = F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1;
-
-const S_DRIVER_OK: u8 = 4;
-const S_FEATURES_OK: u8 = 8;
-const S_FAILED: u8 = 0x80;
+pub const PASSTHROUGH: u64 = VIRTIO_NET_F_MRG_RXBUF
+    | VIRTIO_RING_F_INDIRECT_DESC
+    | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_F_VERSION_1;
 
 /// The features offered to the guest for a backend offering `backend` with `pairs` queue pairs.
 pub fn offered_features(backend: u64, pairs: u16) -> u64 {
-    let mut f = (backend & PASSTHROUGH) | F_VERSION_1 | F_MAC | F_STATUS;
+    let mut f =
+        (backend & PASSTHROUGH) | VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
     if pairs > 1 {
-        f |= F_CTRL_VQ | (backend & F_MQ);
+        f |= VIRTIO_NET_F_CTRL_VQ | (backend & VIRTIO_NET_F_MQ);
     }
     f
 }
@@ -230,7 +229,7 @@ impl VirtioNet {
     }
 
     fn active(&self) -> bool {
-        self.status & S_DRIVER_OK != 0
+        self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
     }
 
     /// Snapshot of the common configuration structure.
@@ -285,7 +284,7 @@ impl VirtioNet {
         if touched(0x08, 4) {
             self.driver_feature_select = u32_at(0x08);
         }
-        if touched(0x0c, 4) && self.status & S_FEATURES_OK == 0 {
+        if touched(0x0c, 4) && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
             let v = u32_at(0x0c) as u64;
             match self.driver_feature_select {
                 0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
@@ -343,21 +342,22 @@ impl VirtioNet {
             return;
         }
         let mut new = new;
-        if new & S_FEATURES_OK != 0 && self.status & S_FEATURES_OK == 0 {
+        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0 && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0
+        {
             let ok = self.driver_features & !self.device_features == 0
-                && self.driver_features & F_VERSION_1 != 0;
+                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
             if !ok {
                 tracing::warn!(
                     driver = format_args!("{:#x}", self.driver_features),
                     device = format_args!("{:#x}", self.device_features),
                     "virtio-net: driver accepted features the device did not offer"
                 );
-                new &= !S_FEATURES_OK;
+                new &= !VIRTIO_CONFIG_S_FEATURES_OK;
             }
         }
         let was_active = self.active();
         self.status = new;
-        if !was_active && self.active() && new & S_FAILED == 0 {
+        if !was_active && self.active() && new & VIRTIO_CONFIG_S_FAILED == 0 {
             self.activate();
         }
     }
@@ -446,7 +446,7 @@ impl VirtioNet {
         self.sync_irqfds();
         self.shared.driver_ok.store(true, Ordering::Relaxed);
         let _ = self.worker.send(NetCmd::Activate {
-            features: self.driver_features & !F_CTRL_VQ,
+            features: self.driver_features & !VIRTIO_NET_F_CTRL_VQ,
             rings,
         });
     }
@@ -486,7 +486,7 @@ impl VirtioNet {
             avail: queue.driver,
             used: queue.device,
         };
-        let (pairs, mq) = (self.pairs, self.driver_features & F_MQ != 0);
+        let (pairs, mq) = (self.pairs, self.driver_features & VIRTIO_NET_F_MQ != 0);
         let worker = self.worker.clone();
         let r = ctrl::process(
             &self.mem,

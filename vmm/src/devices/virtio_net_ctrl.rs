@@ -4,6 +4,10 @@
 
 use std::sync::atomic::{fence, Ordering};
 
+use virtio_spec::ring::{
+    AVAIL_ELEM_SIZE, DESC_FLAGS_OFFSET, DESC_LEN_OFFSET, DESC_NEXT_OFFSET, DESC_SIZE, IDX_OFFSET,
+    RING_OFFSET, USED_ELEM_LEN_OFFSET, USED_ELEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Command classes and acks (virtio 1.0 §5.1.6.5).
@@ -14,8 +18,6 @@ pub const MQ_VQ_PAIRS_SET: u8 = 0;
 pub const ACK_OK: u8 = 0;
 pub const ACK_ERR: u8 = 1;
 
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
 /// Longest chain we follow.
 const MAX_CHAIN: usize = 16;
 /// Largest command payload we read.
@@ -58,11 +60,14 @@ pub fn process(
         return Err(CtrlError::BadChain);
     }
     fence(Ordering::SeqCst);
-    let avail_idx: u16 = read(mem, ring.avail + 2)?;
+    let avail_idx: u16 = read(mem, ring.avail + IDX_OFFSET as u64)?;
     let mut done = 0;
     while *next_avail != avail_idx {
         let slot = (*next_avail % ring.size) as u64;
-        let head: u16 = read(mem, ring.avail + 4 + 2 * slot)?;
+        let head: u16 = read(
+            mem,
+            ring.avail + (RING_OFFSET + AVAIL_ELEM_SIZE * slot as usize) as u64,
+        )?;
         let mut out = Vec::new();
         let mut ack_addr = None;
         let mut i = head;
@@ -70,12 +75,12 @@ pub fn process(
             if n >= MAX_CHAIN || i >= ring.size {
                 return Err(CtrlError::BadChain);
             }
-            let d = ring.desc + 16 * i as u64;
+            let d = ring.desc + (DESC_SIZE * i as usize) as u64;
             let addr: u64 = read(mem, d)?;
-            let len: u32 = read(mem, d + 8)?;
-            let flags: u16 = read(mem, d + 12)?;
-            let next: u16 = read(mem, d + 14)?;
-            if flags & DESC_F_WRITE != 0 {
+            let len: u32 = read(mem, d + DESC_LEN_OFFSET as u64)?;
+            let flags: u16 = read(mem, d + DESC_FLAGS_OFFSET as u64)?;
+            let next: u16 = read(mem, d + DESC_NEXT_OFFSET as u64)?;
+            if flags & VRING_DESC_F_WRITE != 0 {
                 ack_addr = Some(addr);
             } else if out.len() + len as usize <= MAX_DATA {
                 let mut buf = vec![0u8; len as usize];
@@ -85,7 +90,7 @@ pub fn process(
             } else {
                 return Err(CtrlError::BadChain);
             }
-            if flags & DESC_F_NEXT == 0 {
+            if flags & VRING_DESC_F_NEXT == 0 {
                 break;
             }
             i = next;
@@ -98,14 +103,16 @@ pub fn process(
         };
         mem.write_obj(ack, GuestAddress(ack_addr))
             .map_err(|_| CtrlError::Memory)?;
-        let used_idx: u16 = read(mem, ring.used + 2)?;
-        let e = ring.used + 4 + 8 * (used_idx % ring.size) as u64;
+        let used_idx_addr = GuestAddress(ring.used + IDX_OFFSET as u64);
+        let used_idx: u16 = read(mem, used_idx_addr.0)?;
+        let slot = (used_idx % ring.size) as usize;
+        let e = ring.used + (RING_OFFSET + USED_ELEM_SIZE * slot) as u64;
         mem.write_obj(head as u32, GuestAddress(e))
             .map_err(|_| CtrlError::Memory)?;
-        mem.write_obj(1u32, GuestAddress(e + 4))
+        mem.write_obj(1u32, GuestAddress(e + USED_ELEM_LEN_OFFSET as u64))
             .map_err(|_| CtrlError::Memory)?;
         fence(Ordering::SeqCst);
-        mem.write_obj(used_idx.wrapping_add(1), GuestAddress(ring.used + 2))
+        mem.write_obj(used_idx.wrapping_add(1), used_idx_addr)
             .map_err(|_| CtrlError::Memory)?;
         *next_avail = next_avail.wrapping_add(1);
         done += 1;
@@ -138,16 +145,16 @@ mod tests {
         m.write_slice(&[class, cmd], GuestAddress(base)).unwrap();
         m.write_slice(data, GuestAddress(base + 0x10)).unwrap();
         m.write_obj(0xeeu8, GuestAddress(base + 0x80)).unwrap();
-        desc(m, head, base, 2, DESC_F_NEXT, head + 1);
+        desc(m, head, base, 2, VRING_DESC_F_NEXT, head + 1);
         desc(
             m,
             head + 1,
             base + 0x10,
             data.len() as u32,
-            DESC_F_NEXT,
+            VRING_DESC_F_NEXT,
             head + 2,
         );
-        desc(m, head + 2, base + 0x80, 1, DESC_F_WRITE, 0);
+        desc(m, head + 2, base + 0x80, 1, VRING_DESC_F_WRITE, 0);
         m.write_obj(head, GuestAddress(R.avail + 4 + 2 * (avail % 8) as u64))
             .unwrap();
         m.write_obj(avail + 1, GuestAddress(R.avail + 2)).unwrap();
@@ -185,7 +192,7 @@ mod tests {
     #[test]
     fn loops_and_missing_ack_are_rejected() {
         let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        desc(&m, 0, 0x8000, 2, DESC_F_NEXT, 0); // loops on itself
+        desc(&m, 0, 0x8000, 2, VRING_DESC_F_NEXT, 0); // loops on itself
         m.write_obj(1u16, GuestAddress(R.avail + 2)).unwrap();
         let mut next = 0;
         assert_eq!(

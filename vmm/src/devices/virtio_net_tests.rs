@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::irq::IrqError;
+use virtio_spec::features::VHOST_USER_F_PROTOCOL_FEATURES;
 
 #[derive(Default)]
 struct FakeHub {
@@ -60,7 +61,11 @@ fn device(pairs: u16) -> (VirtioNet, Arc<FakeHub>, Receiver<NetCmd>) {
         [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         pairs,
         offered_features(
-            F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_MQ | (1 << 30),
+            VIRTIO_F_VERSION_1
+                | VIRTIO_NET_F_MRG_RXBUF
+                | VIRTIO_RING_F_EVENT_IDX
+                | VIRTIO_NET_F_MQ
+                | VHOST_USER_F_PROTOCOL_FEATURES,
             pairs,
         ),
         Arc::new(fds),
@@ -128,23 +133,30 @@ fn features_offered_are_switch_subset_plus_mac_and_status() {
     let f = lo | hi << 32;
     assert_eq!(
         f,
-        F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_MAC | F_STATUS
+        VIRTIO_F_VERSION_1
+            | VIRTIO_NET_F_MRG_RXBUF
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_STATUS
     );
     assert_eq!(
-        f & (1 << 30),
+        f & VHOST_USER_F_PROTOCOL_FEATURES,
         0,
         "vhost-user protocol bit never reaches the guest"
     );
     assert_eq!(
-        f & (F_MQ | F_CTRL_VQ),
+        f & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ),
         0,
         "no MQ or control queue with one pair"
     );
     assert_eq!(
-        offered_features(F_MQ, 2) & (F_MQ | F_CTRL_VQ),
-        F_MQ | F_CTRL_VQ
+        offered_features(VIRTIO_NET_F_MQ, 2) & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ),
+        VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ
     );
-    assert_eq!(offered_features(0, 2) & (F_MQ | F_CTRL_VQ), F_CTRL_VQ);
+    assert_eq!(
+        offered_features(0, 2) & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ),
+        VIRTIO_NET_F_CTRL_VQ
+    );
     assert_eq!((queue_count(1), queue_count(2), queue_count(4)), (2, 5, 9));
 }
 
@@ -162,11 +174,11 @@ fn device_config_has_mac_status_and_pairs() {
 #[test]
 fn features_ok_is_refused_for_unoffered_features_or_missing_version_1() {
     let (mut d, _, _) = device(1);
-    bring_up(&mut d, F_MAC); // no VERSION_1
+    bring_up(&mut d, VIRTIO_NET_F_MAC); // no VERSION_1
     assert_eq!(d.bar_read_u8(0x14) & 8, 0);
-    bring_up(&mut d, F_VERSION_1 | F_MAC | (1 << 20)); // unoffered bit
+    bring_up(&mut d, VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | (1 << 20)); // unoffered bit
     assert_eq!(d.bar_read_u8(0x14) & 8, 0);
-    bring_up(&mut d, F_VERSION_1 | F_MAC);
+    bring_up(&mut d, VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
     assert_eq!(d.bar_read_u8(0x14) & 8, 8);
 }
 
@@ -191,12 +203,18 @@ fn queue_registers_read_back() {
 #[test]
 fn driver_ok_hands_rings_to_the_worker_with_doorbell_ioeventfds() {
     let (mut d, hub, rx) = device(1);
-    bring_up(&mut d, F_VERSION_1 | F_MAC | F_MRG_RXBUF);
+    bring_up(
+        &mut d,
+        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF,
+    );
     assert!(rx.try_recv().is_err());
     status(&mut d, 1 | 2 | 8 | 4);
     match rx.try_recv().unwrap() {
         NetCmd::Activate { features, rings } => {
-            assert_eq!(features, F_VERSION_1 | F_MAC | F_MRG_RXBUF);
+            assert_eq!(
+                features,
+                VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MRG_RXBUF
+            );
             assert_eq!(rings.len(), 2);
             assert_eq!(
                 rings[1],
@@ -250,7 +268,7 @@ fn msix_table_writes_become_kvm_routes_and_irqfds() {
     w32(&mut d, e + 12, 0);
     assert_eq!(r32(&mut d, e + 8), 0x41);
     assert_eq!(r32(&mut d, e + 12), 0);
-    bring_up(&mut d, F_VERSION_1);
+    bring_up(&mut d, VIRTIO_F_VERSION_1);
     w16(&mut d, 0x16, 0);
     w16(&mut d, 0x1a, 1);
     assert_eq!(r16(&mut d, 0x1a), 1);
@@ -284,7 +302,7 @@ fn msix_table_writes_become_kvm_routes_and_irqfds() {
 #[test]
 fn bar_move_after_driver_ok_moves_the_doorbells() {
     let (mut d, hub, _rx) = device(1);
-    bring_up(&mut d, F_VERSION_1);
+    bring_up(&mut d, VIRTIO_F_VERSION_1);
     status(&mut d, 1 | 2 | 8 | 4);
     hub.take();
     d.config_write(0x10, &0xD000_0000u32.to_le_bytes());
@@ -312,14 +330,14 @@ impl VirtioNet {
 fn control_queue_is_served_by_the_vmm_and_selects_pairs() {
     use vm_memory::{Bytes, GuestAddress};
     let (mut d, hub, rx) = device(2);
-    let f = F_VERSION_1 | F_MAC | F_MQ | F_CTRL_VQ;
+    let f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ;
     bring_up(&mut d, f);
     status(&mut d, 1 | 2 | 8 | 4);
     match rx.try_recv().unwrap() {
         NetCmd::Activate { features, rings } => {
             assert_eq!(
                 features,
-                F_VERSION_1 | F_MAC | F_MQ,
+                VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MQ,
                 "CTRL_VQ stays in the VMM"
             );
             assert_eq!(

@@ -18,26 +18,16 @@ use hugepages::{HugePolicy, SharedMemory};
 use vhost::vhost_user::Frontend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::driver_ring::{Desc, DriverRing, RingLayout, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-use crate::vhost_setup::{
-    self, MemoryRegion, Negotiated, QueueSetup, SetupError, VhostUserSetup,
-    VHOST_USER_F_PROTOCOL_FEATURES,
-};
+use virtio_spec::net::{header_len, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_MRG_RXBUF_LEN};
+use virtio_spec::ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
-/// Virtio feature bits used by the frontend (as masks).
+use crate::driver_ring::{Desc, DriverRing, RingLayout};
+use crate::vhost_setup::{self, MemoryRegion, Negotiated, QueueSetup, SetupError, VhostUserSetup};
+
+/// Virtio feature bits (as masks) and the frontend's default wish list.
 pub mod features {
-    /// VIRTIO_NET_F_MRG_RXBUF.
-    pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-    /// VIRTIO_NET_F_MQ.
-    pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-    /// VIRTIO_RING_F_INDIRECT_DESC.
-    pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-    /// VIRTIO_RING_F_EVENT_IDX.
-    pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-    /// VHOST_USER_F_PROTOCOL_FEATURES.
-    pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = super::VHOST_USER_F_PROTOCOL_FEATURES;
-    /// VIRTIO_F_VERSION_1.
-    pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+    pub use virtio_spec::features::*;
+
     /// The frontend's default wish list.
     pub const DEFAULT: u64 = VIRTIO_F_VERSION_1
         | VIRTIO_NET_F_MRG_RXBUF
@@ -120,7 +110,7 @@ pub struct RawDesc {
     pub addr: u64,
     /// Buffer length.
     pub len: u32,
-    /// `VIRTQ_DESC_F_*` flags, written as given.
+    /// `VRING_DESC_F_*` flags, written as given.
     pub flags: u16,
     /// With `NEXT`: an index into the posted slice (translated to the real descriptor id); a value
     /// `>=` the slice length is written unchanged (an absolute, possibly out-of-range, index).
@@ -296,7 +286,7 @@ impl PortDatapath {
         Ok(PortDatapath {
             mem,
             pairs,
-            hdr_len: 12,
+            hdr_len: VIRTIO_NET_HDR_MRG_RXBUF_LEN,
             mrg_rxbuf: false,
             rx_paused: false,
             gather: Vec::with_capacity(65536 + 4096),
@@ -365,14 +355,7 @@ impl PortDatapath {
     pub fn start(&mut self, negotiated: u64) {
         let event_idx = negotiated & features::VIRTIO_RING_F_EVENT_IDX != 0;
         self.mrg_rxbuf = negotiated & features::VIRTIO_NET_F_MRG_RXBUF != 0;
-        self.hdr_len = if negotiated
-            & (features::VIRTIO_F_VERSION_1 | features::VIRTIO_NET_F_MRG_RXBUF)
-            != 0
-        {
-            12
-        } else {
-            10
-        };
+        self.hdr_len = header_len(negotiated);
         let hdr = self.hdr_len;
         for qp in 0..self.pairs.len() {
             let pair = &mut self.pairs[qp];
@@ -396,7 +379,7 @@ impl PortDatapath {
                 let d = Desc {
                     addr: pair.rx.slot_gpa(id),
                     len: pair.rx.slot_len,
-                    flags: VIRTQ_DESC_F_WRITE,
+                    flags: VRING_DESC_F_WRITE,
                     next: 0,
                 };
                 pair.rx.ring.write_desc(id, d);
@@ -596,8 +579,9 @@ impl PortDatapath {
                 len
             } as usize;
             let nbufs = if self.mrg_rxbuf && len >= hdr {
-                // SAFETY: num_buffers is the u16 at offset 10 of the header, inside the slot.
-                let nb = unsafe { std::ptr::read_unaligned(p.add(10) as *const u16) };
+                // SAFETY: num_buffers is a u16 inside the header (len >= hdr), inside the slot.
+                let nb =
+                    unsafe { std::ptr::read_unaligned(p.add(NUM_BUFFERS_OFFSET) as *const u16) };
                 nb.max(1)
             } else {
                 1
@@ -710,7 +694,7 @@ impl PortDatapath {
             .map(|_| pair.tx.free.pop().unwrap())
             .collect();
         for (k, d) in descs.iter().enumerate() {
-            let next = if d.flags & VIRTQ_DESC_F_NEXT != 0 && (d.next as usize) < ids.len() {
+            let next = if d.flags & VRING_DESC_F_NEXT != 0 && (d.next as usize) < ids.len() {
                 ids[d.next as usize]
             } else {
                 d.next
@@ -788,8 +772,9 @@ impl VhostUserPort {
         let mut setup =
             VhostUserSetup::new(cfg.features, vec![dp.memory_region()], dp.queue_setups());
         if dp.queue_pairs() > 1 {
-            setup.features |= features::VIRTIO_NET_F_MQ | VHOST_USER_F_PROTOCOL_FEATURES;
-            setup.required_features |= features::VIRTIO_NET_F_MQ | VHOST_USER_F_PROTOCOL_FEATURES;
+            let mq = features::VIRTIO_NET_F_MQ | features::VHOST_USER_F_PROTOCOL_FEATURES;
+            setup.features |= mq;
+            setup.required_features |= mq;
         }
         let negotiated = vhost_setup::setup_vhost_user(&mut frontend, &setup)?;
         // Rx buffers are posted after SET_VRING_ENABLE: the device starts at avail index 0 and
@@ -837,5 +822,5 @@ impl std::ops::DerefMut for VhostUserPort {
 }
 
 #[cfg(test)]
-#[path = "frontend_tests.rs"]
+#[path = "port_tests.rs"]
 mod tests;

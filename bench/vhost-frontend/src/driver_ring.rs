@@ -1,22 +1,17 @@
 //! The driver side of a split virtqueue (virtio 1.x §2.7), over memory shared with a device.
 //!
-//! The ring only moves indices and descriptors; buffer management lives in `frontend`. Work is
+//! The ring only moves indices and descriptors; buffer management lives in `port`. Work is
 //! batched: entries are pushed to a shadow avail index and published with one release store
 //! ([`DriverRing::publish`]), which also makes the one notification decision of the burst
 //! (`NO_NOTIFY` in used.flags, or EVENT_IDX `avail_event`).
 
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 
-/// Descriptor flag: the chain continues at `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the device writes this buffer (rx).
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a table of descriptors.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
-/// used.flags: the device does not want kicks.
-pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
-/// avail.flags: the driver does not want interrupts.
-pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+use virtio_spec::ring::{
+    avail_event_offset, avail_ring_size, desc_table_size, need_event, used_event_offset,
+    used_ring_size, AVAIL_ELEM_SIZE, IDX_OFFSET, RING_OFFSET, USED_ELEM_LEN_OFFSET, USED_ELEM_SIZE,
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
+};
 
 /// One descriptor as laid out in the table.
 #[repr(C)]
@@ -26,7 +21,7 @@ pub struct Desc {
     pub addr: u64,
     /// Length in bytes.
     pub len: u32,
-    /// `VIRTQ_DESC_F_*`.
+    /// `VRING_DESC_F_*`.
     pub flags: u16,
     /// Next descriptor index when `NEXT` is set.
     pub next: u16,
@@ -58,9 +53,9 @@ impl RingLayout {
     pub fn new(size: u16, at: usize) -> Self {
         let n = size as usize;
         let desc = align_up(at, ALIGN);
-        let avail = align_up(desc + 16 * n, ALIGN);
-        let used = align_up(avail + 6 + 2 * n, ALIGN);
-        let end = align_up(used + 6 + 8 * n, ALIGN);
+        let avail = align_up(desc + desc_table_size(n), ALIGN);
+        let used = align_up(avail + avail_ring_size(n), ALIGN);
+        let end = align_up(used + used_ring_size(n), ALIGN);
         RingLayout {
             size,
             desc,
@@ -82,9 +77,9 @@ pub struct DriverRing {
     mask: u16,
     desc: *mut Desc,
     /// avail: flags u16, idx u16, ring[size] u16, used_event u16.
-    avail: *mut u16,
+    avail: *mut u8,
     /// used: flags u16, idx u16, ring[size] {id u32, len u32}, avail_event u16.
-    used: *mut u16,
+    used: *mut u8,
     event_idx: bool,
     /// Shadow avail index: entries pushed, published or not.
     next_avail: u16,
@@ -118,9 +113,9 @@ impl DriverRing {
             // SAFETY: offsets are within the mapping (caller's contract); alignment is 4 KiB.
             desc: unsafe { base.add(layout.desc) } as *mut Desc,
             // SAFETY: as above.
-            avail: unsafe { base.add(layout.avail) } as *mut u16,
+            avail: unsafe { base.add(layout.avail) },
             // SAFETY: as above.
-            used: unsafe { base.add(layout.used) } as *mut u16,
+            used: unsafe { base.add(layout.used) },
             event_idx,
             next_avail: 0,
             published: 0,
@@ -149,13 +144,13 @@ impl DriverRing {
     }
 
     fn avail_idx_atomic(&self) -> &AtomicU16 {
-        // SAFETY: avail+1 is the aligned u16 idx field inside the mapping; the device only reads it.
-        unsafe { &*(self.avail.add(1) as *const AtomicU16) }
+        // SAFETY: the idx field is an aligned u16 inside the mapping; the device only reads it.
+        unsafe { &*(self.avail.add(IDX_OFFSET) as *const AtomicU16) }
     }
 
     fn used_idx_atomic(&self) -> &AtomicU16 {
-        // SAFETY: used+1 is the aligned u16 idx field inside the mapping, written by the device.
-        unsafe { &*(self.used.add(1) as *const AtomicU16) }
+        // SAFETY: the idx field is an aligned u16 inside the mapping, written by the device.
+        unsafe { &*(self.used.add(IDX_OFFSET) as *const AtomicU16) }
     }
 
     /// Writes descriptor `id`. Panics if `id >= size` (callers own the index space).
@@ -179,7 +174,12 @@ impl DriverRing {
     pub fn push_avail(&mut self, head: u16) {
         let slot = (self.next_avail & self.mask) as usize;
         // SAFETY: slot < size: inside avail.ring; the device reads it only after the idx store.
-        unsafe { std::ptr::write_volatile(self.avail.add(2 + slot), head) };
+        unsafe {
+            std::ptr::write_volatile(
+                self.avail.add(RING_OFFSET + AVAIL_ELEM_SIZE * slot) as *mut u16,
+                head,
+            )
+        };
         self.next_avail = self.next_avail.wrapping_add(1);
     }
 
@@ -202,14 +202,16 @@ impl DriverRing {
         // The idx store must be visible before we read the device's suppression state.
         fence(Ordering::SeqCst);
         if self.event_idx {
-            // SAFETY: avail_event follows the used ring: used + 2 + 4*size u16 slots, inside the map.
-            let ev = unsafe { &*(self.used.add(2 + 4 * self.size as usize) as *const AtomicU16) }
-                .load(Ordering::Relaxed);
+            // SAFETY: avail_event follows the used ring's elements, inside the mapping, aligned.
+            let ev = unsafe {
+                &*(self.used.add(avail_event_offset(self.size as usize)) as *const AtomicU16)
+            }
+            .load(Ordering::Relaxed);
             need_event(ev, new, old)
         } else {
             // SAFETY: used.flags is the first u16 of the used ring.
             let flags = unsafe { &*(self.used as *const AtomicU16) }.load(Ordering::Relaxed);
-            flags & VIRTQ_USED_F_NO_NOTIFY == 0
+            flags & VRING_USED_F_NO_NOTIFY == 0
         }
     }
 
@@ -225,13 +227,13 @@ impl DriverRing {
     #[inline]
     pub fn used_elem(&self, i: u16) -> (u32, u32) {
         let slot = (self.last_used.wrapping_add(i) & self.mask) as usize;
-        // SAFETY: slot < size; used.ring starts 4 bytes (2 u16) into the used ring and each
-        // element is two u32s, 4-byte aligned; the device wrote it before the acquired idx.
+        // SAFETY: slot < size; each used element is two u32s, 4-byte aligned, inside the used
+        // ring; the device wrote it before the acquired idx.
         unsafe {
-            let elem = self.used.add(2 + 4 * slot) as *const AtomicU32;
+            let elem = self.used.add(RING_OFFSET + USED_ELEM_SIZE * slot);
             (
-                (*elem).load(Ordering::Relaxed),
-                (*elem.add(1)).load(Ordering::Relaxed),
+                (*(elem as *const AtomicU32)).load(Ordering::Relaxed),
+                (*(elem.add(USED_ELEM_LEN_OFFSET) as *const AtomicU32)).load(Ordering::Relaxed),
             )
         }
     }
@@ -257,17 +259,11 @@ impl DriverRing {
     pub fn suppress_interrupts(&mut self) {
         // SAFETY: avail.flags is the first u16 of the avail ring.
         unsafe { &*(self.avail as *const AtomicU16) }
-            .store(VIRTQ_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
-        // SAFETY: used_event follows avail.ring: avail + 2 + size u16 slots.
-        unsafe { &*(self.avail.add(2 + self.size as usize) as *const AtomicU16) }
+            .store(VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
+        // SAFETY: used_event follows the avail ring's elements, inside the mapping, aligned.
+        unsafe { &*(self.avail.add(used_event_offset(self.size as usize)) as *const AtomicU16) }
             .store(self.last_used.wrapping_sub(1), Ordering::Relaxed);
     }
-}
-
-/// virtio's `vring_need_event`: notify when `event` lies in (old, new].
-#[inline]
-pub fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 #[cfg(test)]
@@ -282,13 +278,5 @@ mod tests {
         assert!(l.used >= l.avail + 6 + 2 * 256);
         assert_eq!(l.end() % 4096, 0);
         assert!(l.end() >= l.used + 6 + 8 * 256);
-    }
-
-    #[test]
-    fn need_event_matches_virtio() {
-        assert!(need_event(0, 1, 0));
-        assert!(!need_event(5, 3, 0));
-        assert!(need_event(65535, 1, 65534));
-        assert!(!need_event(10, 10, 10));
     }
 }

@@ -2,7 +2,7 @@
 //! feature intersection, client and server mode, and one error per failing step.
 
 use super::*;
-use crate::frontend::{features, FrontendError, PortConfig, VhostUserPort};
+use crate::port::{features, FrontendError, PortConfig, VhostUserPort};
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::*;

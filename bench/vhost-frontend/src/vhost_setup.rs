@@ -1,5 +1,5 @@
 //! The vhost-user frontend protocol set-up, as ONE ordered function that any frontend in the
-//! workspace replays: `bench::frontend` (our virtio-user-like driver) and the `vmm` crate (which
+//! workspace replays: `crate::port` (our virtio-user-like driver) and the `vmm` crate (which
 //! hands a KVM guest's memory and rings to the switch).
 //!
 //! Order (Cloud Hypervisor's `setup_vhost_user` shape): SET_OWNER → GET_FEATURES → SET_FEATURES →
@@ -19,10 +19,8 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{Frontend, Listener, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_spec::features::VHOST_USER_F_PROTOCOL_FEATURES;
 use vmm_sys_util::eventfd::EventFd;
-
-/// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol feature negotiation.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// One region of the frontend's memory, shared with the backend by fd.
 #[derive(Clone, Copy, Debug)]

@@ -2,8 +2,8 @@
 //! mapped as guest memory at guest physical address 0, plays the switch.
 
 use super::*;
-use crate::driver_ring::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use virtio_queue::{Queue, QueueT};
+use virtio_spec::ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use vm_memory::{
     Address, Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
 };
@@ -197,7 +197,7 @@ fn raw_chain_is_written_as_given_and_reclaimed() {
             RawDesc {
                 addr: a,
                 len: 12,
-                flags: VIRTQ_DESC_F_NEXT,
+                flags: VRING_DESC_F_NEXT,
                 next: 1,
             },
             RawDesc {
@@ -222,14 +222,14 @@ fn raw_chain_is_written_as_given_and_reclaimed() {
         .post_raw_tx_chain(&[RawDesc {
             addr: 0,
             len: 16,
-            flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT,
+            flags: VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT,
             next: 500,
         }])
         .unwrap();
     let d = dp.pairs[0].tx.ring.read_desc(head);
     assert_eq!(
         (d.next, d.flags),
-        (500, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)
+        (500, VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT)
     );
     assert!(dp.write_scratch(SCRATCH_LEN - 1, &[0, 0]).is_err());
 }
