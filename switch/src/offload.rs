@@ -104,7 +104,7 @@ impl OffloadError {
 }
 
 /// The offload fields of a virtio-net header (its first 10 bytes, as on the wire).
-pub type VnetHdr = [u8; 10];
+pub type VnetHdr = [u8; net::VIRTIO_NET_HDR_LEN];
 
 #[inline(always)]
 fn le16(h: &VnetHdr, at: usize) -> u16 {
