@@ -101,7 +101,7 @@ impl OffloadError {
 }
 
 /// The offload fields of a virtio-net header (its first 10 bytes, as on the wire).
-pub type VnetHdr = [u8; 10];
+pub type VnetHdr = [u8; net::VIRTIO_NET_HDR_LEN];
 
 /// The virtio-net header fields of a frame without offloads.
 pub const NO_OFFLOADS: VnetHdr = [0; 10];

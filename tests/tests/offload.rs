@@ -135,13 +135,13 @@ fn collect(port: &mut VhostUserPort, want: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     let start = Instant::now();
     let limit = Duration::from_millis(if want == 0 { 300 } else { 5000 });
     while got.len() < want.max(1) && start.elapsed() < limit {
-        if port.recv_with_header_on(0, |h, f| got.push((h.to_vec(), f.to_vec()))) == 0 {
+        if port.recv_with_header(|h, f| got.push((h.to_vec(), f.to_vec()))) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
     // Anything more would be a bug: give stragglers a moment to show up.
     std::thread::sleep(Duration::from_millis(50));
-    port.recv_with_header_on(0, |h, f| got.push((h.to_vec(), f.to_vec())));
+    port.recv_with_header(|h, f| got.push((h.to_vec(), f.to_vec())));
     got
 }
 

@@ -224,11 +224,11 @@ fn frontend_with_two_queue_pairs_passes_frames_on_both_through_vswitch() {
     let mut got = 0;
     for qp in 0..2 {
         frame[20] = qp as u8;
-        assert_eq!(a.send_on(qp, &[&frame]), 1);
+        assert_eq!(a.queue_pair(qp).send(&[&frame]), 1);
     }
     let ok = wait_until(Duration::from_secs(5), || {
         for qp in 0..2 {
-            got += b.recv_on(qp, |f| assert_eq!(f.len(), 60));
+            got += b.queue_pair(qp).recv(|f| assert_eq!(f.len(), 60));
         }
         got >= 2
     });

@@ -384,7 +384,7 @@ impl PortDatapath {
                 };
                 pair.rx.ring.write_desc(id, d);
             }
-            self.refill_rx_on(qp);
+            self.queue_pair(qp).refill_rx();
         }
     }
 
@@ -405,254 +405,63 @@ impl PortDatapath {
 
     /// Tx descriptors of pair 0 free right now (after reclaiming completed ones).
     pub fn tx_free(&mut self) -> usize {
-        self.tx_free_on(0)
-    }
-
-    /// Tx descriptors of pair `qp` free right now.
-    pub fn tx_free_on(&mut self, qp: usize) -> usize {
-        self.reclaim_tx_on(qp);
-        self.pairs[qp].tx.free.len()
+        self.queue_pair(0).tx_free()
     }
 
     /// Returns completed tx descriptors of every pair to the free stacks.
     pub fn reclaim_tx(&mut self) {
         for qp in 0..self.pairs.len() {
-            self.reclaim_tx_on(qp);
+            self.queue_pair(qp).reclaim_tx();
         }
     }
 
-    /// [`send_with_on`](Self::send_with_on) on pair 0.
+    /// Queue pair `qp` (vrings `2qp` and `2qp + 1`), to send and receive on it. The methods of
+    /// the same names on the datapath are shorthand for pair 0. Panics if there is no such pair.
+    #[inline]
+    pub fn queue_pair(&mut self, qp: usize) -> QueuePair<'_> {
+        assert!(
+            qp < self.pairs.len(),
+            "queue pair {qp} of {}",
+            self.pairs.len()
+        );
+        QueuePair { dp: self, qp }
+    }
+
+    /// [`QueuePair::send_with`] on pair 0.
     #[inline]
     pub fn send_with(
         &mut self,
         count: usize,
         fill: impl FnMut(usize, &mut [u8]) -> usize,
     ) -> usize {
-        self.send_with_on(0, count, fill)
+        self.queue_pair(0).send_with(count, fill)
     }
 
-    /// [`send_on`](Self::send_on) on pair 0.
+    /// [`QueuePair::send`] on pair 0.
     pub fn send(&mut self, frames: &[&[u8]]) -> usize {
-        self.send_on(0, frames)
+        self.queue_pair(0).send(frames)
     }
 
-    /// [`recv_on`](Self::recv_on) on pair 0.
+    /// [`QueuePair::recv`] on pair 0.
     #[inline]
     pub fn recv(&mut self, f: impl FnMut(&[u8])) -> usize {
-        self.recv_on(0, f)
+        self.queue_pair(0).recv(f)
     }
 
-    /// [`post_raw_tx_chain_on`](Self::post_raw_tx_chain_on) on pair 0.
+    /// [`QueuePair::recv_with_header`] on pair 0.
+    #[inline]
+    pub fn recv_with_header(&mut self, f: impl FnMut(&[u8], &[u8])) -> usize {
+        self.queue_pair(0).recv_with_header(f)
+    }
+
+    /// [`QueuePair::post_raw_tx_chain`] on pair 0.
     pub fn post_raw_tx_chain(&mut self, descs: &[RawDesc]) -> Result<u16, FrontendError> {
-        self.post_raw_tx_chain_on(0, descs)
+        self.queue_pair(0).post_raw_tx_chain(descs)
     }
 
     /// Frontend counters.
     pub fn stats(&self) -> FrontendStats {
         self.stats
-    }
-
-    /// Returns completed tx descriptors of pair `qp` to the free stack.
-    pub fn reclaim_tx_on(&mut self, qp: usize) {
-        let pair = &mut self.pairs[qp];
-        let pending = pair.tx.ring.used_pending();
-        if pending == 0 {
-            return;
-        }
-        let size = pair.tx.ring.size();
-        for i in 0..pending {
-            let (id, _) = pair.tx.ring.used_elem(i);
-            if id >= size as u32 || !pair.tx.in_flight[id as usize] {
-                self.stats.bad_used += 1;
-                continue;
-            }
-            let head = id as u16;
-            pair.tx.in_flight[head as usize] = false;
-            if pair.raw_chains[head as usize].is_empty() {
-                pair.tx.free.push(head);
-            } else {
-                let ids = std::mem::take(&mut pair.raw_chains[head as usize]);
-                for &d in &ids {
-                    pair.tx.free.push(d);
-                }
-                self.stats.raw_completed += 1;
-            }
-        }
-        pair.tx.ring.consume_used(pending);
-    }
-
-    /// Queues up to `count` frames that `fill(i, buf)` writes straight into tx buffers (after the
-    /// header), returning each frame's length (at most `buf.len()`; 0 stops the burst). Publishes
-    /// once and kicks only if the device asked. Returns how many frames were queued.
-    #[inline]
-    pub fn send_with_on(
-        &mut self,
-        qp: usize,
-        count: usize,
-        mut fill: impl FnMut(usize, &mut [u8]) -> usize,
-    ) -> usize {
-        if self.pairs[qp].tx.free.len() < count {
-            self.reclaim_tx_on(qp);
-        }
-        let pair = &mut self.pairs[qp];
-        let n = count.min(pair.tx.free.len());
-        let hdr = self.hdr_len;
-        let room = pair.tx.slot_len as usize - hdr;
-        let mut sent = 0;
-        while sent < n {
-            let id = *pair.tx.free.last().expect("n <= free.len()");
-            let p = pair.tx.slot_ptr(id);
-            // SAFETY: the slot is `slot_len` bytes inside our mapping and its descriptor is free,
-            // so the device is not reading it.
-            let buf = unsafe { std::slice::from_raw_parts_mut(p.add(hdr), room) };
-            let len = fill(sent, buf).min(room);
-            if len == 0 {
-                break;
-            }
-            pair.tx.free.pop();
-            pair.tx.ring.write_desc(
-                id,
-                Desc {
-                    addr: pair.tx.slot_gpa(id),
-                    len: (hdr + len) as u32,
-                    flags: 0,
-                    next: 0,
-                },
-            );
-            pair.tx.in_flight[id as usize] = true;
-            pair.tx.ring.push_avail(id);
-            sent += 1;
-        }
-        if pair.tx.ring.publish() {
-            pair.tx.kick();
-            self.stats.tx_kicks += 1;
-        }
-        sent
-    }
-
-    /// Queues frames on pair `qp` (burst): header + frame per descriptor, one publish. Frames
-    /// longer than [`max_tx_frame`](Self::max_tx_frame) end the burst. Returns how many were
-    /// queued.
-    pub fn send_on(&mut self, qp: usize, frames: &[&[u8]]) -> usize {
-        let max = self.max_tx_frame();
-        self.send_with_on(qp, frames.len(), |i, buf| {
-            let f = frames[i];
-            if f.len() > max || f.is_empty() {
-                return 0;
-            }
-            buf[..f.len()].copy_from_slice(f);
-            f.len()
-        })
-    }
-
-    /// Drains completed rx buffers: strips the header, gathers mergeable buffers, calls `f` with
-    /// each frame, then refills the ring (unless paused) with one publish. Returns frames seen.
-    #[inline]
-    pub fn recv_on(&mut self, qp: usize, mut f: impl FnMut(&[u8])) -> usize {
-        self.recv_with_header_on(qp, |_, frame| f(frame))
-    }
-
-    /// [`recv_on`](Self::recv_on), also passing each frame's virtio-net header (the switch's
-    /// offload fields and num_buffers).
-    #[inline]
-    pub fn recv_with_header_on(&mut self, qp: usize, mut f: impl FnMut(&[u8], &[u8])) -> usize {
-        let pair = &mut self.pairs[qp];
-        let pending = pair.rx.ring.used_pending();
-        let size = pair.rx.ring.size();
-        let hdr = self.hdr_len;
-        let slot_len = pair.rx.slot_len;
-        let mut i = 0u16;
-        let mut frames = 0;
-        while i < pending {
-            let (id, len) = pair.rx.ring.used_elem(i);
-            if id >= size as u32 || !pair.rx.in_flight[id as usize] {
-                self.stats.bad_used += 1;
-                i += 1;
-                continue;
-            }
-            let id = id as u16;
-            let p = pair.rx.slot_ptr(id);
-            let len = if len > slot_len {
-                self.stats.bad_rx_len += 1;
-                slot_len
-            } else {
-                len
-            } as usize;
-            let nbufs = if self.mrg_rxbuf && len >= hdr {
-                // SAFETY: num_buffers is a u16 inside the header (len >= hdr), inside the slot.
-                let nb =
-                    unsafe { std::ptr::read_unaligned(p.add(NUM_BUFFERS_OFFSET) as *const u16) };
-                nb.max(1)
-            } else {
-                1
-            };
-            if nbufs > size {
-                self.stats.bad_rx_len += 1;
-            }
-            let nbufs = if nbufs > size { 1 } else { nbufs };
-            if nbufs > pending - i {
-                // The rest of this frame is not published yet: come back later.
-                break;
-            }
-            if len < hdr {
-                self.stats.bad_rx_len += 1;
-            } else if nbufs == 1 {
-                // SAFETY: the device is done with the buffer (it is in the used ring) and the
-                // range lies within the slot.
-                let (h, frame) = unsafe {
-                    (
-                        std::slice::from_raw_parts(p, hdr),
-                        std::slice::from_raw_parts(p.add(hdr), len - hdr),
-                    )
-                };
-                f(h, frame);
-                frames += 1;
-            } else {
-                self.gather.clear();
-                // SAFETY: as above, first buffer of the frame.
-                self.gather.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(p.add(hdr), len - hdr)
-                });
-                for k in 1..nbufs {
-                    let (id2, len2) = pair.rx.ring.used_elem(i + k);
-                    if id2 >= size as u32 || !pair.rx.in_flight[id2 as usize] {
-                        self.stats.bad_used += 1;
-                        continue;
-                    }
-                    let len2 = (len2.min(slot_len)) as usize;
-                    let p2 = pair.rx.slot_ptr(id2 as u16);
-                    // SAFETY: the continuation buffer is completed and in bounds; it carries
-                    // no header.
-                    self.gather
-                        .extend_from_slice(unsafe { std::slice::from_raw_parts(p2, len2) });
-                    pair.rx.in_flight[id2 as usize] = false;
-                    pair.rx.free.push(id2 as u16);
-                }
-                // SAFETY: the first buffer's header, completed and in bounds (len >= hdr).
-                f(unsafe { std::slice::from_raw_parts(p, hdr) }, &self.gather);
-                frames += 1;
-            }
-            pair.rx.in_flight[id as usize] = false;
-            pair.rx.free.push(id);
-            i += nbufs;
-        }
-        pair.rx.ring.consume_used(i);
-        if !self.rx_paused {
-            self.refill_rx_on(qp);
-        }
-        frames
-    }
-
-    fn refill_rx_on(&mut self, qp: usize) {
-        let pair = &mut self.pairs[qp];
-        while let Some(id) = pair.rx.free.pop() {
-            pair.rx.in_flight[id as usize] = true;
-            pair.rx.ring.push_avail(id);
-        }
-        if pair.rx.ring.publish() {
-            pair.rx.kick();
-            self.stats.rx_kicks += 1;
-        }
     }
 
     /// Stops (true) or resumes (false) giving rx buffers back to the device, so a test can make
@@ -661,7 +470,7 @@ impl PortDatapath {
         self.rx_paused = paused;
         if !paused {
             for qp in 0..self.pairs.len() {
-                self.refill_rx_on(qp);
+                self.queue_pair(qp).refill_rx();
             }
         }
     }
@@ -672,52 +481,6 @@ impl PortDatapath {
             .iter()
             .map(|p| p.rx.ring.size() as usize - p.rx.free.len())
             .sum()
-    }
-
-    /// Writes `descs` into free tx descriptors as one chain exactly as given (see [`RawDesc`]),
-    /// publishes it and kicks if asked. Returns the head id. The descriptors return to the free
-    /// pool if and when the device reports the head as used.
-    pub fn post_raw_tx_chain_on(
-        &mut self,
-        qp: usize,
-        descs: &[RawDesc],
-    ) -> Result<u16, FrontendError> {
-        self.reclaim_tx_on(qp);
-        let pair = &mut self.pairs[qp];
-        if descs.is_empty() || descs.len() > pair.tx.free.len() {
-            return Err(FrontendError::NoFreeDescriptors {
-                wanted: descs.len(),
-                free: pair.tx.free.len(),
-            });
-        }
-        let ids: Vec<u16> = (0..descs.len())
-            .map(|_| pair.tx.free.pop().unwrap())
-            .collect();
-        for (k, d) in descs.iter().enumerate() {
-            let next = if d.flags & VRING_DESC_F_NEXT != 0 && (d.next as usize) < ids.len() {
-                ids[d.next as usize]
-            } else {
-                d.next
-            };
-            pair.tx.ring.write_desc(
-                ids[k],
-                Desc {
-                    addr: d.addr,
-                    len: d.len,
-                    flags: d.flags,
-                    next,
-                },
-            );
-        }
-        let head = ids[0];
-        pair.tx.in_flight[head as usize] = true;
-        pair.raw_chains[head as usize] = ids;
-        pair.tx.ring.push_avail(head);
-        if pair.tx.ring.publish() {
-            pair.tx.kick();
-            self.stats.tx_kicks += 1;
-        }
-        Ok(head)
     }
 
     /// Guest physical address of the scratch area (valid memory for hand-built chains).
@@ -751,6 +514,269 @@ impl PortDatapath {
     /// One past the highest valid guest physical address of our memory.
     pub fn gpa_end(&self) -> u64 {
         GUEST_PHYS_BASE + self.mem.len() as u64
+    }
+}
+
+/// One queue pair of a [`PortDatapath`] (from [`PortDatapath::queue_pair`]): rx vring `2qp`,
+/// tx vring `2qp + 1`.
+pub struct QueuePair<'a> {
+    dp: &'a mut PortDatapath,
+    qp: usize,
+}
+
+impl QueuePair<'_> {
+    /// Tx descriptors free right now (after reclaiming completed ones).
+    pub fn tx_free(&mut self) -> usize {
+        self.reclaim_tx();
+        self.dp.pairs[self.qp].tx.free.len()
+    }
+
+    /// Returns completed tx descriptors to the free stack.
+    pub fn reclaim_tx(&mut self) {
+        let pair = &mut self.dp.pairs[self.qp];
+        let pending = pair.tx.ring.used_pending();
+        if pending == 0 {
+            return;
+        }
+        let size = pair.tx.ring.size();
+        for i in 0..pending {
+            let (id, _) = pair.tx.ring.used_elem(i);
+            if id >= size as u32 || !pair.tx.in_flight[id as usize] {
+                self.dp.stats.bad_used += 1;
+                continue;
+            }
+            let head = id as u16;
+            pair.tx.in_flight[head as usize] = false;
+            if pair.raw_chains[head as usize].is_empty() {
+                pair.tx.free.push(head);
+            } else {
+                let ids = std::mem::take(&mut pair.raw_chains[head as usize]);
+                for &d in &ids {
+                    pair.tx.free.push(d);
+                }
+                self.dp.stats.raw_completed += 1;
+            }
+        }
+        pair.tx.ring.consume_used(pending);
+    }
+
+    /// Queues up to `count` frames that `fill(i, buf)` writes straight into tx buffers (after the
+    /// header), returning each frame's length (at most `buf.len()`; 0 stops the burst). Publishes
+    /// once and kicks only if the device asked. Returns how many frames were queued.
+    #[inline]
+    pub fn send_with(
+        &mut self,
+        count: usize,
+        mut fill: impl FnMut(usize, &mut [u8]) -> usize,
+    ) -> usize {
+        if self.dp.pairs[self.qp].tx.free.len() < count {
+            self.reclaim_tx();
+        }
+        let pair = &mut self.dp.pairs[self.qp];
+        let n = count.min(pair.tx.free.len());
+        let hdr = self.dp.hdr_len;
+        let room = pair.tx.slot_len as usize - hdr;
+        let mut sent = 0;
+        while sent < n {
+            let id = *pair.tx.free.last().expect("n <= free.len()");
+            let p = pair.tx.slot_ptr(id);
+            // SAFETY: the slot is `slot_len` bytes inside our mapping and its descriptor is free,
+            // so the device is not reading it.
+            let buf = unsafe { std::slice::from_raw_parts_mut(p.add(hdr), room) };
+            let len = fill(sent, buf).min(room);
+            if len == 0 {
+                break;
+            }
+            pair.tx.free.pop();
+            pair.tx.ring.write_desc(
+                id,
+                Desc {
+                    addr: pair.tx.slot_gpa(id),
+                    len: (hdr + len) as u32,
+                    flags: 0,
+                    next: 0,
+                },
+            );
+            pair.tx.in_flight[id as usize] = true;
+            pair.tx.ring.push_avail(id);
+            sent += 1;
+        }
+        if pair.tx.ring.publish() {
+            pair.tx.kick();
+            self.dp.stats.tx_kicks += 1;
+        }
+        sent
+    }
+
+    /// Queues frames (burst): header + frame per descriptor, one publish. Frames
+    /// longer than [`max_tx_frame`](PortDatapath::max_tx_frame) end the burst. Returns how many were
+    /// queued.
+    pub fn send(&mut self, frames: &[&[u8]]) -> usize {
+        let max = self.dp.max_tx_frame();
+        self.send_with(frames.len(), |i, buf| {
+            let f = frames[i];
+            if f.len() > max || f.is_empty() {
+                return 0;
+            }
+            buf[..f.len()].copy_from_slice(f);
+            f.len()
+        })
+    }
+
+    /// Drains completed rx buffers: strips the header, gathers mergeable buffers, calls `f` with
+    /// each frame, then refills the ring (unless paused) with one publish. Returns frames seen.
+    #[inline]
+    pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        self.recv_with_header(|_, frame| f(frame))
+    }
+
+    /// [`recv`](Self::recv), also passing each frame's virtio-net header (the switch's
+    /// offload fields and num_buffers).
+    #[inline]
+    pub fn recv_with_header(&mut self, mut f: impl FnMut(&[u8], &[u8])) -> usize {
+        let pair = &mut self.dp.pairs[self.qp];
+        let pending = pair.rx.ring.used_pending();
+        let size = pair.rx.ring.size();
+        let hdr = self.dp.hdr_len;
+        let slot_len = pair.rx.slot_len;
+        let mut i = 0u16;
+        let mut frames = 0;
+        while i < pending {
+            let (id, len) = pair.rx.ring.used_elem(i);
+            if id >= size as u32 || !pair.rx.in_flight[id as usize] {
+                self.dp.stats.bad_used += 1;
+                i += 1;
+                continue;
+            }
+            let id = id as u16;
+            let p = pair.rx.slot_ptr(id);
+            let len = if len > slot_len {
+                self.dp.stats.bad_rx_len += 1;
+                slot_len
+            } else {
+                len
+            } as usize;
+            let nbufs = if self.dp.mrg_rxbuf && len >= hdr {
+                // SAFETY: num_buffers is a u16 inside the header (len >= hdr), inside the slot.
+                let nb =
+                    unsafe { std::ptr::read_unaligned(p.add(NUM_BUFFERS_OFFSET) as *const u16) };
+                nb.max(1)
+            } else {
+                1
+            };
+            if nbufs > size {
+                self.dp.stats.bad_rx_len += 1;
+            }
+            let nbufs = if nbufs > size { 1 } else { nbufs };
+            if nbufs > pending - i {
+                // The rest of this frame is not published yet: come back later.
+                break;
+            }
+            if len < hdr {
+                self.dp.stats.bad_rx_len += 1;
+            } else if nbufs == 1 {
+                // SAFETY: the device is done with the buffer (it is in the used ring) and the
+                // range lies within the slot.
+                let (h, frame) = unsafe {
+                    (
+                        std::slice::from_raw_parts(p, hdr),
+                        std::slice::from_raw_parts(p.add(hdr), len - hdr),
+                    )
+                };
+                f(h, frame);
+                frames += 1;
+            } else {
+                self.dp.gather.clear();
+                // SAFETY: as above, first buffer of the frame.
+                self.dp.gather.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(p.add(hdr), len - hdr)
+                });
+                for k in 1..nbufs {
+                    let (id2, len2) = pair.rx.ring.used_elem(i + k);
+                    if id2 >= size as u32 || !pair.rx.in_flight[id2 as usize] {
+                        self.dp.stats.bad_used += 1;
+                        continue;
+                    }
+                    let len2 = (len2.min(slot_len)) as usize;
+                    let p2 = pair.rx.slot_ptr(id2 as u16);
+                    // SAFETY: the continuation buffer is completed and in bounds; it carries
+                    // no header.
+                    self.dp
+                        .gather
+                        .extend_from_slice(unsafe { std::slice::from_raw_parts(p2, len2) });
+                    pair.rx.in_flight[id2 as usize] = false;
+                    pair.rx.free.push(id2 as u16);
+                }
+                // SAFETY: the first buffer's header, completed and in bounds (len >= hdr).
+                f(
+                    unsafe { std::slice::from_raw_parts(p, hdr) },
+                    &self.dp.gather,
+                );
+                frames += 1;
+            }
+            pair.rx.in_flight[id as usize] = false;
+            pair.rx.free.push(id);
+            i += nbufs;
+        }
+        pair.rx.ring.consume_used(i);
+        if !self.dp.rx_paused {
+            self.refill_rx();
+        }
+        frames
+    }
+
+    fn refill_rx(&mut self) {
+        let pair = &mut self.dp.pairs[self.qp];
+        while let Some(id) = pair.rx.free.pop() {
+            pair.rx.in_flight[id as usize] = true;
+            pair.rx.ring.push_avail(id);
+        }
+        if pair.rx.ring.publish() {
+            pair.rx.kick();
+            self.dp.stats.rx_kicks += 1;
+        }
+    }
+
+    /// Writes `descs` into free tx descriptors as one chain exactly as given (see [`RawDesc`]),
+    /// publishes it and kicks if asked. Returns the head id. The descriptors return to the free
+    /// pool if and when the device reports the head as used.
+    pub fn post_raw_tx_chain(&mut self, descs: &[RawDesc]) -> Result<u16, FrontendError> {
+        self.reclaim_tx();
+        let pair = &mut self.dp.pairs[self.qp];
+        if descs.is_empty() || descs.len() > pair.tx.free.len() {
+            return Err(FrontendError::NoFreeDescriptors {
+                wanted: descs.len(),
+                free: pair.tx.free.len(),
+            });
+        }
+        let ids: Vec<u16> = (0..descs.len())
+            .map(|_| pair.tx.free.pop().unwrap())
+            .collect();
+        for (k, d) in descs.iter().enumerate() {
+            let next = if d.flags & VRING_DESC_F_NEXT != 0 && (d.next as usize) < ids.len() {
+                ids[d.next as usize]
+            } else {
+                d.next
+            };
+            pair.tx.ring.write_desc(
+                ids[k],
+                Desc {
+                    addr: d.addr,
+                    len: d.len,
+                    flags: d.flags,
+                    next,
+                },
+            );
+        }
+        let head = ids[0];
+        pair.tx.in_flight[head as usize] = true;
+        pair.raw_chains[head as usize] = ids;
+        pair.tx.ring.push_avail(head);
+        if pair.tx.ring.publish() {
+            pair.tx.kick();
+            self.dp.stats.tx_kicks += 1;
+        }
+        Ok(head)
     }
 }
 

@@ -277,7 +277,7 @@ fn queue_pairs_are_independent_rings() {
     let mut rx1 = device_queue(&dp, &mem, 2, true);
     let mut tx0 = device_queue(&dp, &mem, TX_QUEUE, true);
     let f = frame(80, 2);
-    assert_eq!(dp.send_on(2, &[&f, &f]), 2);
+    assert_eq!(dp.queue_pair(2).send(&[&f, &f]), 2);
     assert!(
         device_drain_tx(&mut tx0, &mem).is_empty(),
         "pair 0 saw pair 2's frames"
@@ -288,9 +288,9 @@ fn queue_pairs_are_independent_rings() {
     assert!(device_deliver(&mut rx1, &mem, &f));
     assert_eq!(dp.recv(|_| {}), 0, "pair 0 has nothing");
     let mut seen = Vec::new();
-    assert_eq!(dp.recv_on(1, |fr| seen.push(fr.to_vec())), 1);
+    assert_eq!(dp.queue_pair(1).recv(|fr| seen.push(fr.to_vec())), 1);
     assert_eq!(seen, vec![f]);
-    assert_eq!(dp.tx_free_on(2), 8);
+    assert_eq!(dp.queue_pair(2).tx_free(), 8);
     assert!(matches!(
         PortDatapath::new(&PortConfig {
             queue_pairs: 0,
