@@ -782,25 +782,13 @@ impl SessionEvents for PortEvents {
     }
 
     fn protocol_error(&self, error: &SessionError) {
-        self.core.note_protocol_error(self.uid, &one_line(error));
+        self.core
+            .note_protocol_error(self.uid, &cli_support::error_chain(error));
     }
 
     fn session_ended(&self) {
         self.core.session_ended(self.uid);
     }
-}
-
-/// An error and its causes on one line (`error: cause: cause`), as a port shows its last
-/// protocol error.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }
 
 #[cfg(test)]
@@ -826,7 +814,7 @@ mod tests {
     #[test]
     fn a_protocol_error_shows_with_its_causes_on_one_line() {
         let e = SessionError::Refused(ProtocolError::MemoryTable(MemError::Unsealed { index: 0 }));
-        let line = one_line(&e);
+        let line = cli_support::error_chain(&e);
         assert!(
             line.starts_with("memory table refused: memory region 0: its memfd is not sealed"),
             "{line}"

@@ -317,4 +317,3 @@ fn shutdown_stops_every_ring_and_forgets_the_session() {
     b.set_vring_kick(1, None).unwrap();
     assert_eq!(rec.take(), []);
 }
-
