@@ -33,7 +33,7 @@ use virtio_spec::features::{
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    VIRTIO_F_IN_ORDER, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -60,6 +60,7 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_NET_F_MQ
     | VIRTIO_F_ANY_LAYOUT
+    | VIRTIO_F_IN_ORDER
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// Protocol features every port offers.
@@ -87,6 +88,7 @@ pub fn feature_names(features: u64) -> Vec<&'static str> {
         (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
         (VIRTIO_NET_F_MQ, "MQ"),
         (VIRTIO_F_ANY_LAYOUT, "ANY_LAYOUT"),
+        (VIRTIO_F_IN_ORDER, "IN_ORDER"),
         (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
     ];
     names
@@ -338,6 +340,7 @@ impl VhostPortBackend {
         }
         let mut started = false;
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let in_order = self.features & VIRTIO_F_IN_ORDER != 0;
         for i in 0..NUM_VRINGS {
             let run = self.should_run(&self.vrings[i]);
             let offloads = self.ring_offloads(i);
@@ -369,7 +372,9 @@ impl VhostPortBackend {
             }
             let v = &mut self.vrings[i];
             match DeviceRing::new(mem, addrs, v.size, v.base, event_idx) {
-                Ok(ring) => {
+                Ok(mut ring) => {
+                    // Odd rings are tx (device reads): their used lengths are not read.
+                    ring.set_batch_used(in_order && i % 2 == 1);
                     tracing::debug!(
                         "vring {i}: started (size {}, base {})",
                         v.size,

@@ -181,6 +181,9 @@ pub struct DeviceRing {
     used_shadow: u16,
     used_published: u16,
     event_idx: bool,
+    /// IN_ORDER was negotiated and this ring's used lengths mean nothing to the driver (a tx
+    /// ring): a burst goes back as one used element, as the spec allows.
+    batch_used: bool,
 }
 
 // SAFETY: the raw pointers point into `mem`, which this ring keeps alive; the ring is used by one
@@ -258,6 +261,7 @@ impl DeviceRing {
                 used_shadow: 0,
                 used_published: 0,
                 event_idx,
+                batch_used: false,
                 mem,
             }
         };
@@ -487,6 +491,41 @@ impl DeviceRing {
             )
         };
         self.used_shadow = self.used_shadow.wrapping_add(1);
+    }
+
+    /// Lets the device return a burst of buffers with one used element. Only for a ring whose
+    /// driver negotiated `VIRTIO_F_IN_ORDER` and ignores used lengths (a net tx ring): DPDK's
+    /// in-order tx path frees by used index alone, and the spec has the driver find a batch's
+    /// size from the one element's id.
+    pub fn set_batch_used(&mut self, on: bool) {
+        self.batch_used = on;
+    }
+
+    /// True when [`push_used_batch`](Self::push_used_batch) may replace per-buffer elements.
+    #[inline(always)]
+    pub fn batches_used(&self) -> bool {
+        self.batch_used
+    }
+
+    /// Returns the next `count` consumed buffers (in avail order, the last one's head
+    /// `last_head`) with one used element: written at the batch's first slot, with the last
+    /// buffer's id and length 0, the shadow index advanced by `count`. One 8-byte write into the
+    /// shared used ring per burst instead of one per buffer.
+    #[inline(always)]
+    pub fn push_used_batch(&mut self, last_head: u16, count: u16) {
+        debug_assert!(self.batch_used && count > 0);
+        let slot = (self.used_shadow & self.mask) as usize;
+        // SAFETY: slot < size, inside the checked used ring.
+        unsafe {
+            std::ptr::write_volatile(
+                self.used_ring.add(slot),
+                UsedElem {
+                    id: last_head as u32,
+                    len: 0,
+                },
+            )
+        };
+        self.used_shadow = self.used_shadow.wrapping_add(count);
     }
 
     /// Takes back the last `avail` consumed buffers and `used` shadow elements (a frame that did

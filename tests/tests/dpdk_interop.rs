@@ -1,6 +1,8 @@
 //! Interop with a vhost-user frontend nobody here wrote: DPDK's virtio-user in `dpdk-testpmd`
 //! (Debian package dpdk-dev) attaches to a vswitch port in macswap mode and echoes the frames
-//! our driver sends through the switch.
+//! our driver sends through the switch: once with testpmd's default devargs (it negotiates
+//! VIRTIO_F_IN_ORDER, so its in-order rx/tx paths meet the switch's batched used elements), once
+//! with `in_order=0`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,8 +13,21 @@ use switchyard_tests::{has_program, is_root, skip_unless, wait_until};
 
 const TESTPMD: &str = "dpdk-testpmd";
 
+/// The two runs each start a testpmd with both lcores on core 0: they take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn dpdk_virtio_user_passes_traffic_through_vswitch() {
+    echo_through_testpmd("dpdk", "", true);
+}
+
+#[test]
+fn dpdk_virtio_user_without_in_order_passes_traffic_through_vswitch() {
+    echo_through_testpmd("dpdk-noio", ",in_order=0", false);
+}
+
+fn echo_through_testpmd(tag: &str, extra_devargs: &str, expect_in_order: bool) {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if skip_unless(
         has_program(TESTPMD),
         "dpdk-testpmd is not installed (apt-get install dpdk-dev)",
@@ -20,7 +35,7 @@ fn dpdk_virtio_user_passes_traffic_through_vswitch() {
     {
         return;
     }
-    let lab = Lab::new("dpdk", &["drv", "dpdk"]);
+    let lab = Lab::new(tag, &["drv", "dpdk"]);
     // Both testpmd lcores share core 0: core 1 stays the switch PMD's. stdin stays open (a
     // pipe we hold), or testpmd exits at once.
     let mut testpmd = Process::spawn(
@@ -34,9 +49,9 @@ fn dpdk_virtio_user_passes_traffic_through_vswitch() {
                 "--single-file-segments",
                 "--iova-mode=va",
             ])
-            .arg(format!("--file-prefix=sy-test-{}", std::process::id()))
+            .arg(format!("--file-prefix=sy-{tag}-{}", std::process::id()))
             .arg(format!(
-                "--vdev=net_virtio_user0,path={},queue_size=256",
+                "--vdev=net_virtio_user0,path={},queue_size=256{extra_devargs}",
                 lab.sock("dpdk").display()
             ))
             .args([
@@ -77,6 +92,12 @@ fn dpdk_virtio_user_passes_traffic_through_vswitch() {
     assert!(
         dpdk_port.features.contains(&"VERSION_1"),
         "{:?}",
+        dpdk_port.features
+    );
+    assert_eq!(
+        dpdk_port.features.contains(&"IN_ORDER"),
+        expect_in_order,
+        "negotiated: {:?}",
         dpdk_port.features
     );
     let mut drv = lab.attach("drv");

@@ -252,8 +252,14 @@ impl Forwarder<'_> {
             rx_bytes += p.len as u64;
         }
         self.deliver(pkts, union, &mut ws.bufs, ws.pmd_index);
-        for p in pkts.iter() {
-            ring.push_used(p.head, 0);
+        // Buffers were consumed in avail order; with IN_ORDER one element returns them all.
+        match pkts.last() {
+            Some(last) if ring.batches_used() => ring.push_used_batch(last.head, pkts.len() as u16),
+            _ => {
+                for p in pkts.iter() {
+                    ring.push_used(p.head, 0);
+                }
+            }
         }
         queue.set_consumed(ring.last_avail());
         let interrupt = ring.publish();

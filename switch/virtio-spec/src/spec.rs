@@ -36,6 +36,10 @@ pub mod features {
     pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
     /// Virtio 1.x (little-endian, modern header).
     pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+    /// Buffers are used in the order they were made available; a device may then return a
+    /// batch with one used element (the last buffer's id) and advance the used index by the
+    /// batch's size.
+    pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 }
 
 /// Device status bits (written by the driver to the transport's status field).

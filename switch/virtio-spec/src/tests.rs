@@ -54,6 +54,7 @@ fn feature_masks_are_the_bits_virtio_bindings_numbers() {
         bit(vr::VIRTIO_RING_F_EVENT_IDX)
     );
     assert_eq!(features::VIRTIO_F_VERSION_1, bit(vc::VIRTIO_F_VERSION_1));
+    assert_eq!(features::VIRTIO_F_IN_ORDER, bit(vc::VIRTIO_F_IN_ORDER));
     assert_eq!(
         features::VHOST_USER_F_PROTOCOL_FEATURES,
         vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
