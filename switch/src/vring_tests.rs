@@ -268,7 +268,11 @@ fn an_in_order_burst_goes_back_as_one_used_element_at_its_first_slot() {
         g.write(USED + 4 + 8 * (first_slot % 8) as u64, 0xdead_u32);
         ring.push_used_batch(last, count);
         ring.publish();
-        assert_eq!(g.used_idx(), ring.last_avail(), "burst {burst}: index advanced by the batch");
+        assert_eq!(
+            g.used_idx(),
+            ring.last_avail(),
+            "burst {burst}: index advanced by the batch"
+        );
         assert_eq!(
             g.used_elem(first_slot),
             (last as u32, 0),
