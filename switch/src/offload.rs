@@ -104,7 +104,7 @@ impl OffloadError {
 pub type VnetHdr = [u8; net::VIRTIO_NET_HDR_LEN];
 
 /// The virtio-net header fields of a frame without offloads.
-pub const NO_OFFLOADS: VnetHdr = [0; 10];
+pub const NO_OFFLOADS: VnetHdr = [0; net::VIRTIO_NET_HDR_LEN];
 
 #[inline(always)]
 fn le16(h: &VnetHdr, at: usize) -> u16 {
@@ -197,7 +197,7 @@ pub fn validate(
 ) -> Result<(u8, VnetHdr), OffloadError> {
     let (flags, gso) = (h[0] & !F_DATA_VALID, h[1]);
     if flags == 0 && gso == GSO_NONE {
-        return Ok((0, [0; 10]));
+        return Ok((0, NO_OFFLOADS));
     }
     if flags & !F_NEEDS_CSUM != 0 {
         return Err(OffloadError::BadFlags);
@@ -228,7 +228,7 @@ pub fn validate(
     {
         return Err(OffloadError::BadCsum);
     }
-    let mut out: VnetHdr = [0; 10];
+    let mut out: VnetHdr = NO_OFFLOADS;
     out[0] = flags;
     out[6..10].copy_from_slice(&h[6..10]);
     if gso == GSO_NONE {

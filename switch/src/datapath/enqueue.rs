@@ -1,5 +1,7 @@
 //! Writing one frame into a guest's rx ring.
 
+use virtio_spec::net::{NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MRG_RXBUF_LEN};
+
 use crate::offload::VnetHdr;
 use crate::sg::{self, SegList};
 use crate::vring::{ChainError, DeviceRing};
@@ -73,9 +75,9 @@ impl RxTarget<'_> {
         }
         // The source's offload fields (zeros for ordinary frames) and num_buffers (VERSION_1 or
         // MRG_RXBUF headers have it; it is 1 unless mergeable buffers are used).
-        let mut hdr = [0u8; 12];
-        hdr[..10].copy_from_slice(vnet);
-        hdr[10] = 1;
+        let mut hdr = [0u8; VIRTIO_NET_HDR_MRG_RXBUF_LEN];
+        hdr[..VIRTIO_NET_HDR_LEN].copy_from_slice(vnet);
+        hdr[NUM_BUFFERS_OFFSET] = 1;
         let head = ring.next_head();
         let cap = match ring.walk(head, true, first, RX_CHAIN_MAX) {
             Ok(cap) => cap as usize,
@@ -146,9 +148,9 @@ impl RxTarget<'_> {
                 }
             }
         }
-        if bufs > 1 && hdr_len == 12 {
+        if bufs > 1 && hdr_len == VIRTIO_NET_HDR_MRG_RXBUF_LEN {
             // SAFETY: `first` holds at least the 12-byte header (checked above).
-            unsafe { sg::write(first.segs(), 10, &bufs.to_le_bytes()) };
+            unsafe { sg::write(first.segs(), NUM_BUFFERS_OFFSET, &bufs.to_le_bytes()) };
         }
         Ok(())
     }

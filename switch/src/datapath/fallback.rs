@@ -14,7 +14,7 @@ impl Forwarder<'_> {
     /// (see [`validate`]).
     #[inline(never)]
     pub(super) fn read_offloads(&self, port: u8, src: u8, p: &mut Pkt) -> bool {
-        let mut h: VnetHdr = [0; 10];
+        let mut h: VnetHdr = NO_OFFLOADS;
         let segs = p.segs.segs();
         // SAFETY: the segments were validated by the ring walk (or are the TAP's own buffer)
         // and hold at least a header and an Ethernet header; the caller holds what keeps them

@@ -31,7 +31,7 @@ impl Pkt {
             len: 0,
             dest: 0,
             needs: 0,
-            vnet: [0; 10],
+            vnet: offload::NO_OFFLOADS,
         }
     }
 }
