@@ -72,6 +72,15 @@ fn backend() -> (Arc<Recorder>, VhostPortBackend) {
     (rec, backend)
 }
 
+/// A backend that negotiated `FEATURES` and mapped a [`memory_table`]: rings set up on it run.
+fn mapped_backend() -> (Arc<Recorder>, VhostPortBackend) {
+    let (rec, mut b) = backend();
+    b.set_features(FEATURES).unwrap();
+    let (regions, files) = memory_table();
+    b.set_mem_table(&regions, files, None).unwrap();
+    (rec, b)
+}
+
 /// A one-region memory table over a fresh sealed memfd: gpa 0, frontend address VA.
 fn memory_table() -> (Vec<VhostUserMemoryRegion>, Vec<File>) {
     let shm = hugepages::SharedMemory::new(
@@ -154,10 +163,7 @@ fn a_ring_runs_once_it_has_everything_and_get_vring_base_stops_it_where_it_was()
 
 #[test]
 fn a_new_memory_table_stops_running_rings_then_restarts_them_on_it() {
-    let (rec, mut b) = backend();
-    b.set_features(FEATURES).unwrap();
-    let (regions, files) = memory_table();
-    b.set_mem_table(&regions, files, None).unwrap();
+    let (rec, mut b) = mapped_backend();
     set_up_ring(&mut b, 0, 0x10000);
     set_up_ring(&mut b, 1, 0x20000);
     let old = rec.tx_ring();
@@ -185,10 +191,7 @@ fn a_new_memory_table_stops_running_rings_then_restarts_them_on_it() {
 
 #[test]
 fn a_ring_laid_over_another_is_reported_and_not_started() {
-    let (rec, mut b) = backend();
-    b.set_features(FEATURES).unwrap();
-    let (regions, files) = memory_table();
-    b.set_mem_table(&regions, files, None).unwrap();
+    let (rec, mut b) = mapped_backend();
     set_up_ring(&mut b, 1, 0x10000);
     rec.take();
     set_up_ring(&mut b, 0, 0x10000);
@@ -245,10 +248,7 @@ fn refused_messages_travel_as_typed_errors() {
 
 #[test]
 fn a_call_fd_that_could_block_is_refused_and_the_ring_restarts_without_one() {
-    let (rec, mut b) = backend();
-    b.set_features(FEATURES).unwrap();
-    let (regions, files) = memory_table();
-    b.set_mem_table(&regions, files, None).unwrap();
+    let (rec, mut b) = mapped_backend();
     set_up_ring(&mut b, 1, 0x10000);
     let before = rec.tx_ring();
     rec.take();
@@ -293,10 +293,7 @@ fn a_call_fd_that_could_block_is_refused_and_the_ring_restarts_without_one() {
 
 #[test]
 fn shutdown_stops_every_ring_and_forgets_the_session() {
-    let (rec, mut b) = backend();
-    b.set_features(FEATURES).unwrap();
-    let (regions, files) = memory_table();
-    b.set_mem_table(&regions, files, None).unwrap();
+    let (rec, mut b) = mapped_backend();
     set_up_ring(&mut b, 0, 0x10000);
     set_up_ring(&mut b, 3, 0x20000);
     let q = rec.last.lock().unwrap();
