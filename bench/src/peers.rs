@@ -501,10 +501,7 @@ fn start_ovs(
         s("bridge"),
         s("br0"),
         s("datapath_type=netdev"),
-        format!(
-            "other_config:mac-table-size={}",
-            ovs_mac_table_size(layout)
-        ),
+        format!("other_config:mac-table-size={}", ovs_mac_table_size(layout)),
     ])?;
     // OVS names the socket after the interface, in vhost-sock-dir (= the run directory).
     r.socks = (0..r.socks.len())

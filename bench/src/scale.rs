@@ -360,8 +360,9 @@ impl ScaleSession {
                     connect_timeout: Duration::from_secs(10),
                     ..Default::default()
                 };
-                VhostUserPort::connect(&pc)
-                    .map_err(|e| format!("cannot attach to {}: {}", sock.display(), error_chain(&e)))
+                VhostUserPort::connect(&pc).map_err(|e| {
+                    format!("cannot attach to {}: {}", sock.display(), error_chain(&e))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ScaleSession {
@@ -425,7 +426,13 @@ impl ScaleSession {
     }
 
     /// One trial: warm-up, measured window, drain.
-    fn trial(&mut self, plans: &[PairPlan], size: usize, warmup: Duration, duration: Duration) -> ScaleSample {
+    fn trial(
+        &mut self,
+        plans: &[PairPlan],
+        size: usize,
+        warmup: Duration,
+        duration: Duration,
+    ) -> ScaleSample {
         self.trials = self.trials.wrapping_add(1);
         let tag = self.trials;
         let mut tx: Vec<PairTx> = plans
@@ -713,7 +720,10 @@ fn measure_layout(
         session.learn(&plans)?;
         let fdb = fdb_entries(&running, &peer.vswitch);
         if let Some(n) = fdb {
-            eprintln!("    MAC table holds {n} entries (this load needs {})", ports * macs);
+            eprintln!(
+                "    MAC table holds {n} entries (this load needs {})",
+                ports * macs
+            );
         }
         let mut s = session.trial(&plans, a.size, a.warmup, a.duration);
         s.round = round;
@@ -840,7 +850,10 @@ pub fn scale(a: &ScaleArgs) -> Result<(), ScaleError> {
         let mut outcome = measure_layout(k, ports, round, a, &peer, &tag);
         if let Err(e) = &outcome {
             // One retry: a busy machine can make a start-up miss its deadline.
-            eprintln!("  {} with {ports} ports failed ({e}); retrying once", k.name());
+            eprintln!(
+                "  {} with {ports} ports failed ({e}); retrying once",
+                k.name()
+            );
             std::thread::sleep(Duration::from_secs(1));
             outcome = measure_layout(k, ports, round, a, &peer, &format!("{tag}retry-"));
         }
@@ -905,7 +918,12 @@ round-robin over the pairs at maximum rate, bursts of 32; frame i from source MA
 destination MAC (i * stride) % M, so consecutive frames never share a MAC pair when M > 1; \
 every MAC learned before the trial";
 
-fn point<'a>(points: &'a [ScalePoint], switch: &str, ports: usize, macs: usize) -> Option<&'a ScalePoint> {
+fn point<'a>(
+    points: &'a [ScalePoint],
+    switch: &str,
+    ports: usize,
+    macs: usize,
+) -> Option<&'a ScalePoint> {
     points
         .iter()
         .find(|p| p.switch == switch && p.ports == ports && p.macs == macs)
@@ -924,11 +942,18 @@ pub fn goals(points: &[ScalePoint], ports: &[usize], macs: &[usize]) -> Vec<Goal
         return Vec::new();
     };
     let flood_note = |ps: &[&ScalePoint]| {
-        let bad: Vec<String> = ps
+        let mut bad: Vec<String> = ps
             .iter()
             .filter(|p| p.misdelivered > 0)
-            .map(|p| format!("{} misdelivered {} frames", p.switch, p.misdelivered))
+            .map(|p| {
+                format!(
+                    "{} misdelivered {} frames at {} ports/{} MACs",
+                    p.switch, p.misdelivered, p.ports, p.macs
+                )
+            })
             .collect();
+        // The two points are the same one when a single load was measured.
+        bad.dedup();
         if bad.is_empty() {
             String::new()
         } else {
@@ -1049,7 +1074,11 @@ pub fn format_report(r: &ScaleReport) -> String {
             }
             let mis: Vec<String> = switches
                 .iter()
-                .map(|sw| at(sw).map(|p| p.misdelivered.to_string()).unwrap_or("-".into()))
+                .map(|sw| {
+                    at(sw)
+                        .map(|p| p.misdelivered.to_string())
+                        .unwrap_or("-".into())
+                })
                 .collect();
             s.push_str(&format!(" {} |\n", mis.join(" / ")));
         }
@@ -1064,6 +1093,17 @@ pub fn format_report(r: &ScaleReport) -> String {
                 g.detail
             )),
             None => s.push_str(&format!("- Goal: {}: not measured\n", g.goal)),
+        }
+    }
+    for p in &r.points {
+        let need = p.ports * p.macs;
+        if let Some(held) = p.samples.iter().filter_map(|s| s.fdb_entries).min() {
+            if held < need {
+                s.push_str(&format!(
+                    "- {} at {} ports/{} MACs: its MAC table held {held} of the {need} MACs after learning (the others are flooded; with two ports a flood reaches the right port and is not counted as misdelivered)\n",
+                    p.switch, p.ports, p.macs
+                ));
+            }
         }
     }
     for st in r.switches.iter().filter(|s| s.status != "measured") {

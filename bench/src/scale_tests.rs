@@ -12,7 +12,12 @@ mod tests {
             // Two periods, across the wrap-around, and across burst boundaries.
             for i in 0..2 * macs + BURST {
                 let (a, b) = (plan.head(i), plan.head(i + 1));
-                assert_ne!(a, b, "frames {i} and {} share a MAC pair ({macs} MACs)", i + 1);
+                assert_ne!(
+                    a,
+                    b,
+                    "frames {i} and {} share a MAC pair ({macs} MACs)",
+                    i + 1
+                );
                 assert_ne!(a[6..12], b[6..12], "sources repeat at {i} ({macs} MACs)");
                 if macs > 2 {
                     assert_ne!(a[0..6], b[0..6], "destinations repeat at {i} ({macs} MACs)");
@@ -63,7 +68,10 @@ mod tests {
                 for (_, f) in &learn {
                     assert_eq!(f[0..6], [0xff; 6]);
                     assert_eq!(packet::parse(f), Parsed::Foreign, "sinks ignore it");
-                    assert!(all.insert(f[6..12].to_vec()), "MACs are unique across ports");
+                    assert!(
+                        all.insert(f[6..12].to_vec()),
+                        "MACs are unique across ports"
+                    );
                 }
             }
             assert_eq!(all.len(), ports * macs);
@@ -92,13 +100,19 @@ mod tests {
     #[test]
     fn rounds_are_interleaved() {
         let order = schedule(2, &["vswitch", "ovs"], &[2, 4]);
-        let names: Vec<String> = order
-            .iter()
-            .map(|(r, s, p)| format!("{r}{s}{p}"))
-            .collect();
+        let names: Vec<String> = order.iter().map(|(r, s, p)| format!("{r}{s}{p}")).collect();
         assert_eq!(
             names,
-            ["0vswitch2", "0vswitch4", "0ovs2", "0ovs4", "1vswitch2", "1vswitch4", "1ovs2", "1ovs4"]
+            [
+                "0vswitch2",
+                "0vswitch4",
+                "0ovs2",
+                "0ovs4",
+                "1vswitch2",
+                "1vswitch4",
+                "1ovs2",
+                "1ovs4"
+            ]
         );
     }
 
@@ -112,17 +126,12 @@ mod tests {
             corrupted: 0,
             lost: 0,
             loss_pct: 0.0,
-            fdb_entries: Some(2),
+            fdb_entries: None,
         }
     }
 
     fn pt(sw: &str, ports: usize, macs: usize, v: &[f64]) -> ScalePoint {
-        ScalePoint::new(
-            sw,
-            ports,
-            macs,
-            v.iter().map(|&x| sample(x, 0)).collect(),
-        )
+        ScalePoint::new(sw, ports, macs, v.iter().map(|&x| sample(x, 0)).collect())
     }
 
     fn report(points: Vec<ScalePoint>) -> ScaleReport {
@@ -171,7 +180,11 @@ mod tests {
         assert_eq!(g.len(), 2);
         // 8.5 / 10.0 = 0.85 >= 0.8; 8.5 / 5.0 = 1.7 >= 1.5.
         assert_eq!(g[0].met, Some(true), "{:?}", g[0]);
-        assert!(g[0].detail.contains("8.500 / 10.000 Mpps = 0.85x"), "{}", g[0].detail);
+        assert!(
+            g[0].detail.contains("8.500 / 10.000 Mpps = 0.85x"),
+            "{}",
+            g[0].detail
+        );
         assert_eq!(g[1].met, Some(true), "{:?}", g[1]);
         assert!(g[1].detail.contains("1.70x"));
         // Misdelivered frames at the largest load: the goal is not met, and says why.
@@ -183,7 +196,9 @@ mod tests {
         *top = ScalePoint::new("vswitch", 8, 4096, vec![sample(8.5, 12)]);
         let g = goals(&p, &[2, 8], &[1, 4096]);
         assert_eq!(g[0].met, Some(false));
-        assert!(g[0].detail.contains("vswitch misdelivered 12 frames"));
+        assert!(g[0]
+            .detail
+            .contains("vswitch misdelivered 12 frames at 8 ports/4096 MACs"));
         // Below the ratio.
         let p: Vec<ScalePoint> = points()
             .into_iter()
@@ -199,12 +214,42 @@ mod tests {
         let r = report(points());
         let md = format_report(&r);
         assert!(md.contains("| ports | MACs | vswitch Mpps | ovs-dpdk Mpps | vswitch / ovs-dpdk | vswitch vs its 2-port/1-MAC | misdelivered |"), "{md}");
-        assert!(md.contains("| 2 | 1 | 10.000 (9.500–10.200) | 5.000 (4.900–5.100) | 2.00x | 1.00x | 0 / 0 |"), "{md}");
-        assert!(md.contains("| 8 | 4096 | 8.500 (8.000–8.700) | 5.000 (4.900–5.100) | 1.70x | 0.85x | 0 / 0 |"), "{md}");
-        assert_eq!(md.matches("\n| 2 |").count() + md.matches("\n| 8 |").count(), 4);
+        assert!(
+            md.contains(
+                "| 2 | 1 | 10.000 (9.500–10.200) | 5.000 (4.900–5.100) | 2.00x | 1.00x | 0 / 0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 8 | 4096 | 8.500 (8.000–8.700) | 5.000 (4.900–5.100) | 1.70x | 0.85x | 0 / 0 |"
+            ),
+            "{md}"
+        );
+        assert_eq!(
+            md.matches("\n| 2 |").count() + md.matches("\n| 8 |").count(),
+            4
+        );
         assert!(md.contains("- Goal: vswitch at 8 ports and 4096 MACs keeps >= 0.8x its 2-port/1-MAC rate: **met** (8.500 / 10.000 Mpps = 0.85x)"), "{md}");
         assert!(md.contains("- Goal: vswitch >= 1.5x OVS-DPDK at 8 ports and 4096 MACs: **met**"));
         assert!(md.contains("consecutive frames never share a MAC pair"));
+        assert!(!md.contains("MAC table held"), "every MAC fitted");
+        // A table too small for the load is said so.
+        let mut p = points();
+        p[0] = ScalePoint::new(
+            "vswitch",
+            2,
+            1,
+            vec![ScaleSample {
+                fdb_entries: Some(1),
+                ..sample(10.0, 0)
+            }],
+        );
+        let md = format_report(&report(p));
+        assert!(
+            md.contains("- vswitch at 2 ports/1 MACs: its MAC table held 1 of the 2 MACs"),
+            "{md}"
+        );
     }
 
     #[test]
