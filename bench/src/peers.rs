@@ -1,5 +1,6 @@
-//! The switches `pktgen compare` measures: each started with one PMD on the same core and two
-//! vhost-user ports in server mode (the switch listens, pktgen connects), torn down on drop.
+//! The switches `pktgen compare` and `pktgen scale` measure: each started with one PMD on the same
+//! core and two (or, with [`start_ports`], N) vhost-user ports in server mode (the switch listens,
+//! pktgen connects), torn down on drop.
 //! OVS runs from a private directory in the run directory; the system's OVS is never touched.
 
 use std::path::{Path, PathBuf};
@@ -77,7 +78,28 @@ pub struct PeerConfig {
     pub run_dir: PathBuf,
 }
 
-/// A running switch with its two port sockets.
+/// The ports a switch is started with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortLayout {
+    /// vhost-user ports p0..p{ports-1} (at least 2).
+    pub ports: usize,
+    /// MAC addresses each port will own: OVS's MAC table (2,048 entries by default) is sized to
+    /// hold `ports * macs_per_port` so it does not evict during a run. vswitch's table is fixed.
+    pub macs_per_port: usize,
+}
+
+impl PortLayout {
+    /// Two ports with one MAC each: what `pktgen compare` uses.
+    pub const PAIR: PortLayout = PortLayout {
+        ports: 2,
+        macs_per_port: 1,
+    };
+}
+
+/// OVS's default `mac-table-size`.
+const OVS_DEFAULT_MAC_TABLE: usize = 2048;
+
+/// A running switch with its port sockets.
 pub struct Running {
     /// Which switch.
     pub kind: SwitchKind,
@@ -85,6 +107,8 @@ pub struct Running {
     pub sock0: PathBuf,
     /// Socket of port 1 (pktgen's rx).
     pub sock1: PathBuf,
+    /// Sockets of every port, p0 first (`socks[0] == sock0`, `socks[1] == sock1`).
+    pub socks: Vec<PathBuf>,
     children: Vec<Child>,
     /// Kept open: testpmd quits when its stdin reaches EOF.
     _stdin: Option<ChildStdin>,
@@ -234,7 +258,7 @@ fn run_ok(what: &str, cmd: &mut Command) -> Result<(), PeerError> {
 fn wait_sockets(r: &mut Running, secs: u64, log: &Path) -> Result<(), PeerError> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
-        if r.sock0.exists() && r.sock1.exists() {
+        if r.socks.iter().all(|s| s.exists()) {
             return Ok(());
         }
         for c in r.children.iter_mut() {
@@ -263,14 +287,28 @@ fn tail(log: &Path, n: usize) -> String {
     lines[start..].join(" | ")
 }
 
-/// Starts a switch in `cfg.run_dir/TAGNAME` and waits for its sockets.
+/// Starts a switch with two ports in `cfg.run_dir/TAGNAME` and waits for its sockets.
 pub fn start(kind: SwitchKind, cfg: &PeerConfig, tag: &str) -> Result<Running, PeerError> {
+    start_ports(kind, cfg, tag, PortLayout::PAIR)
+}
+
+/// Starts a switch with `layout.ports` ports (p0.sock .. pN-1.sock; OVS names them p0 .. pN-1)
+/// in `cfg.run_dir/TAGNAME` and waits for every socket.
+pub fn start_ports(
+    kind: SwitchKind,
+    cfg: &PeerConfig,
+    tag: &str,
+    layout: PortLayout,
+) -> Result<Running, PeerError> {
     check_available(kind, cfg)?;
     let dir = scratch(cfg, kind, tag)?;
+    let n = layout.ports.max(2);
+    let socks: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("p{i}.sock"))).collect();
     let mut r = Running {
         kind,
-        sock0: dir.join("p0.sock"),
-        sock1: dir.join("p1.sock"),
+        sock0: socks[0].clone(),
+        sock1: socks[1].clone(),
+        socks,
         children: Vec::new(),
         _stdin: None,
         dir: dir.clone(),
@@ -283,12 +321,12 @@ pub fn start(kind: SwitchKind, cfg: &PeerConfig, tag: &str) -> Result<Running, P
                 .arg("--pmd-cores")
                 .arg(cfg.pmd_core.to_string())
                 .arg("--ctl")
-                .arg(dir.join("ctl.sock"))
-                .arg("--vhost-user")
-                .arg(format!("p0:{}", r.sock0.display()))
-                .arg("--vhost-user")
-                .arg(format!("p1:{}", r.sock1.display()))
-                .stdin(Stdio::null())
+                .arg(dir.join("ctl.sock"));
+            for (i, sock) in r.socks.iter().enumerate() {
+                cmd.arg("--vhost-user")
+                    .arg(format!("p{i}:{}", sock.display()));
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(log_file(&dir, "vswitch.out")?)
                 .stderr(log_file(&dir, "vswitch.log")?);
             r.children.push(spawn("vswitch", &mut cmd)?);
@@ -306,10 +344,12 @@ pub fn start(kind: SwitchKind, cfg: &PeerConfig, tag: &str) -> Result<Running, P
                     std::process::id(),
                     tag.trim_end_matches('-')
                 ))
-                .arg("--vdev")
-                .arg(format!("net_vhost0,iface={},queues=1", r.sock0.display()))
-                .arg("--vdev")
-                .arg(format!("net_vhost1,iface={},queues=1", r.sock1.display()))
+                .args(r.socks.iter().enumerate().flat_map(|(i, sock)| {
+                    [
+                        "--vdev".to_string(),
+                        format!("net_vhost{i},iface={},queues=1", sock.display()),
+                    ]
+                }))
                 .args([
                     "--",
                     "-i",
@@ -343,12 +383,30 @@ pub fn start(kind: SwitchKind, cfg: &PeerConfig, tag: &str) -> Result<Running, P
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        SwitchKind::OvsDpdk => start_ovs(&mut r, cfg, &dir)?,
+        SwitchKind::OvsDpdk => start_ovs(&mut r, cfg, &dir, layout)?,
     }
     Ok(r)
 }
 
-fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerError> {
+/// Hugepage memory (MB) OVS gets: 512 covers two ports; each vhost-user port's own mempool
+/// (per-port-memory) takes about 64 MB more, with room to spare.
+fn ovs_socket_mem_mb(ports: usize) -> usize {
+    512 + 128 * ports.saturating_sub(2)
+}
+
+/// OVS's `mac-table-size` for a layout: room for every MAC, never below OVS's default.
+fn ovs_mac_table_size(layout: PortLayout) -> usize {
+    (layout.ports * layout.macs_per_port)
+        .next_power_of_two()
+        .max(OVS_DEFAULT_MAC_TABLE)
+}
+
+fn start_ovs(
+    r: &mut Running,
+    cfg: &PeerConfig,
+    dir: &Path,
+    layout: PortLayout,
+) -> Result<(), PeerError> {
     let db = dir.join("conf.db");
     let dbsock = format!("unix:{}", dir.join("db.sock").display());
     let env = |cmd: &mut Command| {
@@ -404,7 +462,10 @@ fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerEr
         s("other_config:dpdk-init=true"),
         format!("other_config:dpdk-lcore-mask={:#x}", 1u64 << cfg.main_core),
         format!("other_config:pmd-cpu-mask={:#x}", 1u64 << cfg.pmd_core),
-        s("other_config:dpdk-socket-mem=512"),
+        format!(
+            "other_config:dpdk-socket-mem={}",
+            ovs_socket_mem_mb(r.socks.len())
+        ),
         s("other_config:per-port-memory=true"),
         s("other_config:vhost-sock-dir=."),
         format!(
@@ -440,23 +501,46 @@ fn start_ovs(r: &mut Running, cfg: &PeerConfig, dir: &Path) -> Result<(), PeerEr
         s("bridge"),
         s("br0"),
         s("datapath_type=netdev"),
+        format!("other_config:mac-table-size={}", ovs_mac_table_size(layout)),
     ])?;
     // OVS names the socket after the interface, in vhost-sock-dir (= the run directory).
-    r.sock0 = dir.join("p0");
-    r.sock1 = dir.join("p1");
-    for (i, name) in ["p0", "p1"].iter().enumerate() {
+    r.socks = (0..r.socks.len())
+        .map(|i| dir.join(format!("p{i}")))
+        .collect();
+    r.sock0 = r.socks[0].clone();
+    r.sock1 = r.socks[1].clone();
+    for i in 0..r.socks.len() {
+        let name = format!("p{i}");
         vsctl(&[
             s("add-port"),
             s("br0"),
-            s(name),
+            name.clone(),
             s("--"),
             s("set"),
             s("Interface"),
-            s(name),
+            name,
             s("type=dpdkvhostuser"),
             format!("ofport_request={}", i + 1),
         ])?;
     }
     let log = dir.join("ovs-vswitchd.log");
     wait_sockets(r, 60, &log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ovs_is_sized_for_the_layout() {
+        // Two ports, one MAC each: OVS's defaults, as `pktgen compare` always had them.
+        assert_eq!(ovs_mac_table_size(PortLayout::PAIR), 2048);
+        assert_eq!(ovs_socket_mem_mb(2), 512);
+        let big = PortLayout {
+            ports: 8,
+            macs_per_port: 4096,
+        };
+        assert_eq!(ovs_mac_table_size(big), 32768);
+        assert_eq!(ovs_socket_mem_mb(8), 512 + 6 * 128);
+    }
 }

@@ -10,6 +10,8 @@ pub const RUN_SCHEMA: &str = "switchyard.pktgen.run/1";
 pub const RFC2544_SCHEMA: &str = "switchyard.pktgen.rfc2544/1";
 /// Schema tag of `pktgen compare --json`.
 pub const COMPARE_SCHEMA: &str = "switchyard.pktgen.compare/1";
+/// Schema tag of `pktgen scale --json`.
+pub const SCALE_SCHEMA: &str = "switchyard.pktgen.scale/1";
 
 /// Facts about the machine a result was measured on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -298,7 +298,7 @@ pub fn check_core(core: Option<usize>) -> Result<(), RunError> {
     Ok(())
 }
 
-fn pin(core: Option<usize>) -> Result<(), RunError> {
+pub(crate) fn pin(core: Option<usize>) -> Result<(), RunError> {
     if let Some(c) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
             return Err(RunError::Pin(c));

@@ -31,6 +31,8 @@ enum Cmd {
     Rfc2544(Rfc2544Args),
     /// Start vswitch, OVS-DPDK and dpdk-testpmd in turn and measure each the same way.
     Compare(bench::compare::CompareArgs),
+    /// The 64 B rate as ports (2, 4, 8) and MACs (1, 256, 4096) grow, vswitch and OVS-DPDK.
+    Scale(bench::scale::ScaleArgs),
 }
 
 #[derive(Args, Clone)]
@@ -154,6 +156,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Rfc2544(a) => rfc2544(a),
         Cmd::Compare(a) => bench::compare::compare(&a).map_err(|e| error_chain(&e)),
+        Cmd::Scale(a) => bench::scale::scale(&a).map_err(|e| error_chain(&e)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
