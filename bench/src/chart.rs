@@ -192,6 +192,8 @@ mod tests {
             loss_pct: 0.0,
             latency: None,
             one_frame_us: None,
+            gen_busy_pct: None,
+            gen_cycles_per_frame: None,
         };
         let r = CompareReport {
             schema: "x".into(),

@@ -18,7 +18,7 @@ use crate::rate::{parse_duration, Rate, SizeList, SizeMix};
 use crate::report::{Machine, COMPARE_SCHEMA};
 use crate::run::{AttachConfig, RunError, Session, TrialConfig};
 use crate::stats::LatencySummary;
-use crate::testpmd_gen::{GenConfig, TestpmdGen};
+use crate::testpmd_gen::{GenBusy, GenConfig, TestpmdGen};
 
 /// Which generator drives the switches.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +191,14 @@ pub struct Measurement {
     /// testpmd's mean trip time with one frame circulating per direction.
     #[serde(default)]
     pub one_frame_us: Option<f64>,
+    /// testpmd only: the generator's forwarding core busy, percent of the measured window
+    /// (median; busy = testpmd's `--record-core-cycles` cycles of polls that received frames).
+    #[serde(default)]
+    pub gen_busy_pct: Option<f64>,
+    /// testpmd only: the generator's busy cycles per frame it forwarded (median): what the
+    /// frontend costs per frame against this switch.
+    #[serde(default)]
+    pub gen_cycles_per_frame: Option<f64>,
 }
 
 fn pktgen_name() -> String {
@@ -209,6 +217,10 @@ pub struct Ratio {
     pub generator: String,
     /// vswitch rx Mpps / peer rx Mpps.
     pub vswitch_over_peer: f64,
+    /// testpmd only: the generator's cycles per frame against vswitch over those against the
+    /// peer (below 1: vswitch makes the frontend's work per frame cheaper).
+    #[serde(default)]
+    pub frontend_cost_vs_peer: Option<f64>,
 }
 
 /// `pktgen compare --json`.
@@ -284,6 +296,11 @@ fn median(v: &[f64]) -> f64 {
     spread(v).median
 }
 
+/// The median, or `None` without samples.
+fn median_of_some(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| median(v))
+}
+
 /// The order of the measurements: round by round, within a round every switch in turn, each
 /// with every generator (round r: vswitch, OVS, testpmd, then round r+1, …).
 pub fn schedule<S: Copy, G: Copy>(rounds: usize, switches: &[S], gens: &[G]) -> Vec<(usize, S, G)> {
@@ -315,6 +332,8 @@ struct Acc {
     loss: Vec<f64>,
     latency: Option<LatencySummary>,
     one_frame_us: Option<f64>,
+    gen_busy_pct: Vec<f64>,
+    gen_cycles_per_frame: Vec<f64>,
 }
 
 impl Acc {
@@ -328,6 +347,11 @@ impl Acc {
         }
         self.gbps.push(gbps);
         self.loss.push(loss);
+    }
+
+    fn push_generator(&mut self, g: &GenBusy) {
+        self.gen_busy_pct.push(g.busy_pct);
+        self.gen_cycles_per_frame.push(g.cycles_per_frame);
     }
 }
 
@@ -511,13 +535,16 @@ fn measure_testpmd(
         let dirs = [r.a_to_b_mpps, r.b_to_a_mpps];
         let gbps = wire_gbps(r.total_mpps(), size);
         eprintln!(
-            "  {:<9} testpmd size {:>5}: rx {:7.3} Mpps ({})  {:6.2} Gbps  left the loop {:.3}%",
+            "  {:<9} testpmd size {:>5}: rx {:7.3} Mpps ({})  {:6.2} Gbps  left the loop {:.3}%  generator {}",
             kind.name(),
             size.to_string(),
             r.total_mpps(),
             fmt_dirs(&dirs),
             gbps,
-            r.loss_pct
+            r.loss_pct,
+            r.generator
+                .map(|g| format!("busy {:.1}%, {:.1} cycles/frame", g.busy_pct, g.cycles_per_frame))
+                .unwrap_or_else(|| "busy -".into())
         );
         if kind == SwitchKind::Vswitch {
             eprintln!(
@@ -527,6 +554,9 @@ fn measure_testpmd(
             );
         }
         acc[i].push(r.total_mpps(), &dirs, gbps, r.loss_pct);
+        if let Some(busy) = &r.generator {
+            acc[i].push_generator(busy);
+        }
         if with_latency {
             let one = g
                 .one_frame(a.latency_duration)
@@ -690,6 +720,8 @@ fn measurement(switch: &str, generator: &str, size: SizeMix, c: &Acc) -> Measure
         loss_pct: median(&c.loss),
         latency: c.latency,
         one_frame_us: c.one_frame_us,
+        gen_busy_pct: median_of_some(&c.gen_busy_pct),
+        gen_cycles_per_frame: median_of_some(&c.gen_cycles_per_frame),
     }
 }
 
@@ -714,11 +746,17 @@ fn ratios(results: &[Measurement], sizes: &[SizeMix]) -> Vec<Ratio> {
                 .filter(|m| m.switch != "vswitch" && m.size == size && m.generator == g)
             {
                 if m.rx_mpps > 0.0 {
+                    let frontend_cost_vs_peer =
+                        match (ours.gen_cycles_per_frame, m.gen_cycles_per_frame) {
+                            (Some(o), Some(p)) if p > 0.0 => Some(o / p),
+                            _ => None,
+                        };
                     out.push(Ratio {
                         size,
                         peer: m.switch.clone(),
                         generator: g.into(),
                         vswitch_over_peer: ours.rx_mpps / m.rx_mpps,
+                        frontend_cost_vs_peer,
                     });
                 }
             }
@@ -730,10 +768,10 @@ fn ratios(results: &[Measurement], sizes: &[SizeMix]) -> Vec<Ratio> {
 /// The comparison as a Markdown table (readable in a terminal, pasteable into the README).
 pub fn format_report(r: &CompareReport) -> String {
     let mut s = format!(
-        "\n| switch | generator | size | rx Mpps (median of {}) | min | max | A→B / B→A Mpps | Gbit/s | loss % | p50 µs | p99 µs | 1-frame µs | samples Mpps |\n",
+        "\n| switch | generator | size | rx Mpps (median of {}) | min | max | A→B / B→A Mpps | Gbit/s | loss % | p50 µs | p99 µs | 1-frame µs | gen busy % | gen cycles/frame | samples Mpps |\n",
         r.samples
     );
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for m in &r.results {
         let (p50, p99) = m
             .latency
@@ -746,7 +784,7 @@ pub fn format_report(r: &CompareReport) -> String {
             .collect();
         let dirs: Vec<String> = m.dir_rx_mpps.iter().map(|x| format!("{x:.3}")).collect();
         s.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2} | {:.3} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
             m.switch,
             m.generator,
             m.size,
@@ -765,6 +803,12 @@ pub fn format_report(r: &CompareReport) -> String {
             m.one_frame_us
                 .map(|u| format!("{u:.2}"))
                 .unwrap_or_else(|| "-".into()),
+            m.gen_busy_pct
+                .map(|b| format!("{b:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            m.gen_cycles_per_frame
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
             samples.join(" ")
         ));
     }
@@ -776,6 +820,14 @@ pub fn format_report(r: &CompareReport) -> String {
                 "- vswitch / {} at {} B: {:.2}x (by {})\n",
                 x.peer, x.size, x.vswitch_over_peer, x.generator
             ));
+        }
+        for x in &r.ratios {
+            if let Some(f) = x.frontend_cost_vs_peer {
+                s.push_str(&format!(
+                    "- frontend cost per frame vs {} at {} B: {:.2}x (the {} generator's busy cycles per frame against vswitch / against {})\n",
+                    x.peer, x.size, f, x.generator, x.peer
+                ));
+            }
         }
     }
     for st in r.switches.iter().filter(|s| s.status != "measured") {
@@ -791,7 +843,7 @@ pub fn format_report(r: &CompareReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nOne PMD on core {}, generator on core {}, {} s trials at max rate after one discarded second{}; latency one-way at {} (pktgen); 1-frame: pktgen one frame at a time (median one-way), testpmd one frame circulating per direction (mean trip) ({}, load average {:.1} {:.1} {:.1}).\n",
+        "\nOne PMD on core {}, generator on core {}, {} s trials at max rate after one discarded second{}; latency one-way at {} (pktgen); 1-frame: pktgen one frame at a time (median one-way), testpmd one frame circulating per direction (mean trip); gen busy: testpmd's forwarding core in polls that received frames (--record-core-cycles) ({}, load average {:.1} {:.1} {:.1}).\n",
         r.pmd_core,
         r.machine.tx_core.unwrap_or(0),
         r.duration_s,
@@ -825,15 +877,31 @@ fn ratio_table(r: &CompareReport) -> String {
     s.push_str("\n|---:|---|");
     s.push_str(&"---:|".repeat(gens.len()));
     s.push('\n');
-    for (size, peer) in rows {
+    let find = |size: SizeMix, peer: &str, g: &str| {
+        r.ratios
+            .iter()
+            .find(|x| x.size == size && x.peer == peer && x.generator == g)
+    };
+    for &(size, peer) in &rows {
         s.push_str(&format!("| {size} | vswitch / {peer} |"));
         for g in &gens {
-            match r
-                .ratios
-                .iter()
-                .find(|x| x.size == size && x.peer == peer && x.generator == *g)
-            {
+            match find(size, peer, g) {
                 Some(x) => s.push_str(&format!(" {:.2}x |", x.vswitch_over_peer)),
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    // The generator's cycles per frame, vswitch over the peer (testpmd's generator only).
+    for &(size, peer) in &rows {
+        let cost = |g: &str| find(size, peer, g).and_then(|x| x.frontend_cost_vs_peer);
+        if gens.iter().all(|g| cost(g).is_none()) {
+            continue;
+        }
+        s.push_str(&format!("| {size} | frontend cost per frame vs {peer} |"));
+        for g in &gens {
+            match cost(g) {
+                Some(f) => s.push_str(&format!(" {f:.2}x |")),
                 None => s.push_str(" - |"),
             }
         }

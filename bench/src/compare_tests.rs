@@ -124,6 +124,77 @@ mod tests {
         let m: Measurement = serde_json::from_str(old).unwrap();
         assert_eq!(m.generator, "pktgen");
         assert!(m.one_frame_us.is_none());
+        assert!(m.gen_busy_pct.is_none() && m.gen_cycles_per_frame.is_none());
+        let old = r#"{"size":{"fixed":64},"peer":"testpmd","vswitch_over_peer":1.5}"#;
+        let r: Ratio = serde_json::from_str(old).unwrap();
+        assert!(r.frontend_cost_vs_peer.is_none());
+    }
+
+    #[test]
+    fn generator_busy_medians_and_frontend_cost() {
+        use crate::testpmd_gen::GenBusy;
+        // Figures of one smoke run (vswitch 81.9 %, 142.7 cycles/frame; testpmd 68.9 %, 189.3).
+        let with_busy = |sw: &str, mpps: f64, samples: &[(f64, f64)]| {
+            let mut acc = Acc::default();
+            for &(busy_pct, cycles_per_frame) in samples {
+                acc.push(mpps, &[mpps / 2.0, mpps / 2.0], 1.0, 0.0);
+                acc.push_generator(&GenBusy {
+                    busy_pct,
+                    cycles_per_frame,
+                });
+            }
+            measurement(sw, "testpmd", SizeMix::Fixed(64), &acc)
+        };
+        let ours = with_busy(
+            "vswitch",
+            13.2,
+            &[(90.0, 150.0), (81.9, 142.7), (70.0, 120.0)],
+        );
+        assert_eq!(ours.gen_busy_pct, Some(81.9));
+        assert_eq!(ours.gen_cycles_per_frame, Some(142.7));
+        let peer = with_busy("testpmd", 8.4, &[(68.9, 189.3)]);
+        // pktgen's rows have no generator figures, and no frontend ratio.
+        let results = [
+            m("vswitch", "pktgen", 9.0),
+            m("testpmd", "pktgen", 6.0),
+            ours,
+            peer,
+        ];
+        assert!(results[0].gen_busy_pct.is_none());
+        let r = ratios(&results, &[SizeMix::Fixed(64)]);
+        let by_testpmd = r.iter().find(|x| x.generator == "testpmd").unwrap();
+        assert!((by_testpmd.frontend_cost_vs_peer.unwrap() - 142.7 / 189.3).abs() < 1e-9);
+        let by_pktgen = r.iter().find(|x| x.generator == "pktgen").unwrap();
+        assert!(by_pktgen.frontend_cost_vs_peer.is_none());
+        let rep = CompareReport {
+            schema: COMPARE_SCHEMA.into(),
+            sizes: vec![SizeMix::Fixed(64)],
+            duration_s: 3.0,
+            samples: 3,
+            latency_rate: Rate::Pps(1e5),
+            pmd_core: 1,
+            generators: vec!["pktgen".into(), "testpmd".into()],
+            bidir: false,
+            run_dir: "/tmp/x".into(),
+            machine: Machine::probe(None, None, 2048),
+            switches: vec![],
+            results: results.to_vec(),
+            ratios: r,
+        };
+        let t = format_report(&rep);
+        assert!(t.contains("| gen busy % | gen cycles/frame |"), "{t}");
+        assert!(
+            t.contains("| - | 81.9 | 142.7 | 13.20 13.20 13.20 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 64 | frontend cost per frame vs testpmd | - | 0.75x |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("- frontend cost per frame vs testpmd at 64 B: 0.75x"),
+            "{t}"
+        );
     }
 }
 
@@ -164,12 +235,15 @@ mod schema_tests {
                 loss_pct: 0.0,
                 latency: None,
                 one_frame_us: Some(7.5),
+                gen_busy_pct: Some(81.9),
+                gen_cycles_per_frame: Some(142.7),
             }],
             ratios: vec![Ratio {
                 size: SizeMix::Fixed(64),
                 peer: "testpmd".into(),
                 generator: "testpmd".into(),
                 vswitch_over_peer: 0.9,
+                frontend_cost_vs_peer: Some(0.75),
             }],
         };
         let v = serde_json::to_value(&r).unwrap();
@@ -201,15 +275,19 @@ mod schema_tests {
             "/results/0/loss_pct",
             "/results/0/latency",
             "/results/0/one_frame_us",
+            "/results/0/gen_busy_pct",
+            "/results/0/gen_cycles_per_frame",
             "/ratios/0/size",
             "/ratios/0/peer",
             "/ratios/0/generator",
             "/ratios/0/vswitch_over_peer",
+            "/ratios/0/frontend_cost_vs_peer",
         ] {
             assert!(v.pointer(path).is_some(), "missing {path} in {v}");
         }
         assert_eq!(v["schema"], "switchyard.pktgen.compare/1");
         assert!(format_report(&r).contains("vswitch / testpmd at 64 B: 0.90x (by testpmd)"));
         assert!(format_report(&r).contains("skipped ovs-dpdk (by pktgen): not installed"));
+        assert!(format_report(&r).contains("frontend cost per frame vs testpmd at 64 B: 0.75x"));
     }
 }
