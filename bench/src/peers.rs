@@ -96,6 +96,8 @@ impl PortLayout {
     };
 }
 
+/// vswitch's default `--mac-table-size`.
+const VSWITCH_DEFAULT_MAC_TABLE: usize = 4096;
 /// OVS's default `mac-table-size`.
 const OVS_DEFAULT_MAC_TABLE: usize = 2048;
 
@@ -322,6 +324,11 @@ pub fn start_ports(
                 .arg(cfg.pmd_core.to_string())
                 .arg("--ctl")
                 .arg(dir.join("ctl.sock"));
+            // Room for every MAC of the load, as OVS gets below (vswitch's default holds 4096).
+            let macs = layout.ports * layout.macs_per_port;
+            if macs > VSWITCH_DEFAULT_MAC_TABLE {
+                cmd.arg("--mac-table-size").arg(macs.to_string());
+            }
             for (i, sock) in r.socks.iter().enumerate() {
                 cmd.arg("--vhost-user")
                     .arg(format!("p{i}:{}", sock.display()));

@@ -30,6 +30,8 @@ use crate::vhost_port::{
 pub struct SwitchConfig {
     pub pmd_cores: Vec<usize>,
     pub mac_aging_secs: u32,
+    /// MACs the learning table is sized for (`--mac-table-size`).
+    pub mac_table_size: u32,
     /// An idle PMD may sleep up to this long between polls (0: pure polling).
     pub pmd_max_sleep_us: u64,
     /// Datapath limits (longest frame).
@@ -45,6 +47,7 @@ impl Default for SwitchConfig {
         SwitchConfig {
             pmd_cores: vec![0],
             mac_aging_secs: crate::fdb::DEFAULT_AGING_SECS,
+            mac_table_size: crate::fdb::DEFAULT_TABLE_SIZE,
             pmd_max_sleep_us: 0,
             limits: Limits::default(),
             allow_unsealed_memory: false,
@@ -224,7 +227,7 @@ impl SwitchCore {
         if !(64..=MAX_GSO_FRAME).contains(&cfg.limits.max_frame) {
             return Err(SwitchError::BadMaxFrame(cfg.limits.max_frame));
         }
-        let fdb = Arc::new(Fdb::new(cfg.mac_aging_secs));
+        let fdb = Arc::new(Fdb::with_size(cfg.mac_aging_secs, cfg.mac_table_size));
         let pmds = cfg
             .pmd_cores
             .iter()

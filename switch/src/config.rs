@@ -4,6 +4,7 @@
 //! pmd_cores = [1]
 //! ctl = "/run/switchyard/vswitch.ctl"
 //! mac_aging_secs = 300
+//! mac_table_size = 4096     # MACs the learning table is sized for
 //! pmd_max_sleep_us = 0
 //! max_frame_len = 9234        # longest frame without TSO
 //! allow_unsealed_memory = false  # accept shmem memfds without F_SEAL_SHRINK
@@ -112,6 +113,8 @@ pub struct FileConfig {
     pub pmd_cores: Option<Vec<usize>>,
     pub ctl: Option<PathBuf>,
     pub mac_aging_secs: Option<u32>,
+    /// MACs the learning table is sized for.
+    pub mac_table_size: Option<u32>,
     pub pmd_max_sleep_us: Option<u64>,
     /// Longest frame without TSO (bytes, Ethernet header included).
     pub max_frame_len: Option<u32>,

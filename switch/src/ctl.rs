@@ -334,7 +334,7 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
         }
         Request::Fdb => {
             let rows = core.fdb_rows();
-            let text = crate::render::fdb_table(&rows, core.fdb.aging());
+            let text = crate::render::fdb_table(&rows, core.fdb.aging(), core.fdb.slots());
             Response::ok(rows, text)
         }
         Request::FdbFlush => {

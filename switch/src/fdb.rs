@@ -8,8 +8,10 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Slots in the table (a power of two).
-const SLOTS: usize = 8192;
+/// MACs the table is sized for by default (`--mac-table-size`): 8192 slots.
+pub const DEFAULT_TABLE_SIZE: u32 = 4096;
+/// Largest `--mac-table-size` taken (2^21 slots, 32 MiB).
+pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 /// Slots probed from a MAC's home slot.
 const PROBE: usize = 8;
 const VALID: u64 = 1 << 63;
@@ -93,6 +95,10 @@ const COUNTED_PORTS: usize = 128;
 /// The MAC table.
 pub struct Fdb {
     slots: Box<[Slot]>,
+    /// `slots.len() - 1` (a power of two minus one).
+    mask: usize,
+    /// 64 - log2(slots.len()): the hash's top bits pick the home slot.
+    shift: u32,
     /// MACs currently learned per port (kept on insert/move/removal, for port security limits).
     learned: Box<[AtomicU32]>,
     aging: AtomicU32,
@@ -108,11 +114,6 @@ impl Default for Fdb {
 }
 
 #[inline(always)]
-fn home(mac: Mac) -> usize {
-    (mac.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51) as usize & (SLOTS - 1)
-}
-
-#[inline(always)]
 fn entry_port(e: u64) -> u8 {
     (e >> 48) as u8 & 0x7f
 }
@@ -123,8 +124,16 @@ fn pack(mac: Mac, port: u8) -> u64 {
 }
 
 impl Fdb {
+    /// A table sized for [`DEFAULT_TABLE_SIZE`] MACs.
     pub fn new(aging_secs: u32) -> Self {
-        let slots = (0..SLOTS)
+        Self::with_size(aging_secs, DEFAULT_TABLE_SIZE)
+    }
+
+    /// A table sized for `macs` MACs (clamped to 32..=[`MAX_TABLE_SIZE`]): twice as many slots,
+    /// rounded up to a power of two, so that 8-way probing finds room for that many.
+    pub fn with_size(aging_secs: u32, macs: u32) -> Self {
+        let n = (macs.clamp(32, MAX_TABLE_SIZE) as usize * 2).next_power_of_two();
+        let slots = (0..n)
             .map(|_| Slot {
                 entry: AtomicU64::new(0),
                 seen: AtomicU32::new(0),
@@ -132,10 +141,22 @@ impl Fdb {
             .collect();
         Fdb {
             slots,
+            mask: n - 1,
+            shift: 64 - n.trailing_zeros(),
             learned: (0..COUNTED_PORTS).map(|_| AtomicU32::new(0)).collect(),
             aging: AtomicU32::new(aging_secs),
             now: AtomicU32::new(1),
         }
+    }
+
+    /// Slots in the table.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline(always)]
+    fn home(&self, mac: Mac) -> usize {
+        (mac.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize & self.mask
     }
 
     /// The coarse clock (seconds).
@@ -160,10 +181,10 @@ impl Fdb {
     /// The port a MAC was learned on, unless unknown or aged out.
     #[inline(always)]
     pub fn lookup(&self, mac: Mac) -> Option<u8> {
-        let h = home(mac);
+        let h = self.home(mac);
         let want = mac & MAC_MASK;
         for i in 0..PROBE {
-            let slot = &self.slots[(h + i) & (SLOTS - 1)];
+            let slot = &self.slots[(h + i) & self.mask];
             let e = slot.entry.load(Ordering::Relaxed);
             if e == 0 {
                 return None;
@@ -187,12 +208,12 @@ impl Fdb {
     pub fn learn(&self, mac: Mac, port: u8, max: u32) -> Learn {
         let now = self.now();
         let aging = self.aging();
-        let h = home(mac);
+        let h = self.home(mac);
         let want = mac & MAC_MASK;
         let packed = pack(mac, port);
         let mut victim: Option<(u32, usize)> = None;
         for i in 0..PROBE {
-            let idx = (h + i) & (SLOTS - 1);
+            let idx = (h + i) & self.mask;
             let slot = &self.slots[idx];
             let e = slot.entry.load(Ordering::Relaxed);
             if e & VALID != 0 && e & MAC_MASK == want {
@@ -351,6 +372,27 @@ mod tests {
         assert_eq!(fdb.lookup(a), None, "aged out after 10 s");
         assert_eq!(fdb.expire(), 1);
         assert!(fdb.entries().is_empty());
+    }
+
+    #[test]
+    fn a_table_sized_for_n_macs_holds_them() {
+        assert_eq!(Fdb::new(300).slots(), 8192, "the default is unchanged");
+        assert_eq!(Fdb::with_size(300, 5000).slots(), 16384);
+        assert_eq!(Fdb::with_size(300, 0).slots(), 64, "clamped to 32 MACs");
+        // pktgen scale's heaviest load: 8 ports x 4096 MACs, addresses 02:53:5a:PP:II:II.
+        let fdb = Fdb::with_size(300, 32768);
+        let mac = |port: u64, i: u64| 0x0253_5a00_0000 | (port << 16) | i;
+        let mut full = 0;
+        for port in 0..8 {
+            for i in 0..4096 {
+                full += (fdb.learn(mac(port, i), port as u8, 0) == Learn::Full) as usize;
+            }
+        }
+        let found = (0..8u64)
+            .flat_map(|p| (0..4096u64).map(move |i| (p, i)))
+            .filter(|&(p, i)| fdb.lookup(mac(p, i)) == Some(p as u8))
+            .count();
+        assert_eq!((found, full), (32768, 0), "every MAC learned and found");
     }
 
     #[test]

@@ -60,6 +60,10 @@ struct RunArgs {
     /// MAC aging time in seconds.
     #[arg(long)]
     mac_aging: Option<u32>,
+    /// MACs the learning table is sized for (as OVS's other_config:mac-table-size; default
+    /// 4096, at most 1048576): it gets twice as many slots, rounded up to a power of two.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=switch::fdb::MAX_TABLE_SIZE as i64))]
+    mac_table_size: Option<u32>,
     /// Let idle PMDs sleep up to this many microseconds between polls (0: pure polling).
     #[arg(long)]
     pmd_max_sleep_us: Option<u64>,
@@ -193,6 +197,10 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
             .mac_aging
             .or(file.mac_aging_secs)
             .unwrap_or(switch::fdb::DEFAULT_AGING_SECS),
+        mac_table_size: args
+            .mac_table_size
+            .or(file.mac_table_size)
+            .unwrap_or(switch::fdb::DEFAULT_TABLE_SIZE),
         pmd_max_sleep_us: args.pmd_max_sleep_us.or(file.pmd_max_sleep_us).unwrap_or(0),
         limits: switch::datapath::Limits {
             max_frame: args

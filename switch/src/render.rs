@@ -90,13 +90,19 @@ pub fn stats_table(rows: &[PortStatsRow]) -> String {
     s
 }
 
-pub fn fdb_table(rows: &[FdbRow], aging: u32) -> String {
+pub fn fdb_table(rows: &[FdbRow], aging: u32, slots: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{:<14} {:<18} {:>4}", "PORT", "MAC", "AGE");
     for r in rows {
         let _ = writeln!(s, "{:<14} {:<18} {:>4}", r.port, r.mac, r.age_secs);
     }
-    let _ = writeln!(s, "({} entries, aging {} s)", rows.len(), aging);
+    let _ = writeln!(
+        s,
+        "({} entries, aging {} s, {} slots)",
+        rows.len(),
+        aging,
+        slots
+    );
     s
 }
 
