@@ -367,35 +367,6 @@ impl DeviceRing {
         unsafe { std::ptr::read_volatile(self.avail_ring.add(slot)) }
     }
 
-    /// Starts fetching the buffers the next `n` ready chains (at most [`ready`](Self::ready))
-    /// point to, so that the cache misses of a burst's rx buffers overlap instead of coming one
-    /// frame at a time: first the heads' descriptors, then each head descriptor's buffer (for
-    /// writing). Everything read here is a hint only: [`walk`](Self::walk) reads and checks the
-    /// descriptors again before anything is written, so a driver changing them in between, or
-    /// giving bad ones, changes what is prefetched and nothing else.
-    #[inline(always)]
-    pub fn prefetch_ready(&self, n: u16) {
-        let n = n.min(self.ready());
-        for j in 0..n {
-            let slot = (self.last_avail.wrapping_add(j) & self.mask) as usize;
-            // SAFETY: slot < size, inside the checked avail ring; a head out of range is masked
-            // into the table (the walk refuses it later).
-            let head = unsafe { std::ptr::read_volatile(self.avail_ring.add(slot)) } & self.mask;
-            // SAFETY: head < size: inside the checked descriptor area.
-            prefetch(unsafe { self.desc.add(head as usize) } as *const u8, false);
-        }
-        for j in 0..n {
-            let slot = (self.last_avail.wrapping_add(j) & self.mask) as usize;
-            // SAFETY: as above.
-            let head = unsafe { std::ptr::read_volatile(self.avail_ring.add(slot)) } & self.mask;
-            // SAFETY: head < size, inside the checked descriptor area, 16-byte aligned.
-            let d = unsafe { std::ptr::read_volatile(self.desc.add(head as usize)) };
-            if let Some(buf) = self.mem.translate(d.addr, 1) {
-                prefetch(buf, true);
-            }
-        }
-    }
-
     /// Consumes the next ready buffer.
     #[inline(always)]
     pub fn advance(&mut self) {
@@ -588,24 +559,6 @@ impl DeviceRing {
             unsafe { &*self.avail_flags }.load(Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0
         }
     }
-}
-
-/// Hints the CPU to fetch the cache line at `p` (for writing when `write`). A prefetch never
-/// faults, whatever the address.
-#[inline(always)]
-pub(crate) fn prefetch(p: *const u8, write: bool) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults and reads nothing the program sees.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        if write {
-            _mm_prefetch(p as *const i8, _MM_HINT_ET0)
-        } else {
-            _mm_prefetch(p as *const i8, _MM_HINT_T0)
-        }
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, write);
 }
 
 #[cfg(test)]
