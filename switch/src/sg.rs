@@ -231,6 +231,26 @@ pub unsafe fn write(dst: &[Seg], off: usize, bytes: &[u8]) -> bool {
     unsafe { copy(&src, 0, dst, off, bytes.len()) }
 }
 
+/// Writes `bytes` (at most 16) at `off` unless they are there already. The receiving driver
+/// reads these bytes next; a line we did not dirty stays shared in its cache instead of moving
+/// back to it (DPDK writes virtio-net headers the same way). False when too short.
+///
+/// # Safety
+/// As for [`copy`]: the segments must be readable and writable for their lengths.
+#[inline(always)]
+pub unsafe fn write_unless_equal(dst: &[Seg], off: usize, bytes: &[u8]) -> bool {
+    let mut now = [0u8; 16];
+    let now = &mut now[..bytes.len().min(16)];
+    // SAFETY: the caller vouches for `dst`. The guest may change the bytes between this read
+    // and the write below; it then gets the header it wrote itself, which only affects its own
+    // frame.
+    if bytes.len() <= 16 && unsafe { read(dst, off, now) } && now == bytes {
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe { write(dst, off, bytes) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +261,20 @@ mod tests {
             assert!(l.push(b.as_mut_ptr(), b.len() as u32));
         }
         l
+    }
+
+    #[test]
+    fn write_unless_equal_leaves_equal_bytes_and_writes_others() {
+        let mut bufs = vec![vec![7u8; 5], vec![7u8; 9]];
+        let l = list(&mut bufs);
+        // SAFETY: the list points at `bufs`, alive and writable.
+        unsafe {
+            assert!(write_unless_equal(l.segs(), 3, &[7, 7, 7, 7]));
+            assert!(write_unless_equal(l.segs(), 3, &[1, 2, 3, 4]));
+            assert!(!write_unless_equal(l.segs(), 12, &[1, 2, 3]), "past the end");
+        }
+        assert_eq!(bufs[0], [7, 7, 7, 1, 2]);
+        assert_eq!(bufs[1], [3, 4, 7, 7, 7, 7, 7, 7, 7]);
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl RxTarget<'_> {
             // SAFETY: `first` was validated by `walk` under the ring lock; `src` by the caller's
             // walk of the source ring, whose lock the caller holds. Lengths were checked above.
             unsafe {
-                sg::write(first.segs(), 0, &hdr[..hdr_len]);
+                sg::write_unless_equal(first.segs(), 0, &hdr[..hdr_len]);
                 sg::copy(src.segs(), src_off, first.segs(), hdr_len, len);
             }
             ring.advance();
@@ -109,7 +109,7 @@ impl RxTarget<'_> {
         let chunk = len.min(cap - hdr_len);
         // SAFETY: as above; `chunk` fits after the header in this buffer.
         unsafe {
-            sg::write(first.segs(), 0, &hdr[..hdr_len]);
+            sg::write_unless_equal(first.segs(), 0, &hdr[..hdr_len]);
             sg::copy(src.segs(), src_off, first.segs(), hdr_len, chunk);
         }
         ring.advance();
