@@ -315,7 +315,8 @@ pub fn schedule<S: Copy, G: Copy>(rounds: usize, switches: &[S], gens: &[G]) -> 
     v
 }
 
-fn default_vswitch() -> PathBuf {
+/// The vswitch binary next to this one, else `vswitch` on PATH.
+pub(crate) fn default_vswitch() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("vswitch")))

@@ -666,23 +666,7 @@ pub struct ScaleReport {
 /// The measurement order: round by round; within a round every switch with each port count
 /// (one switch start, which then measures every MAC count in turn).
 pub fn schedule<S: Copy>(rounds: usize, switches: &[S], ports: &[usize]) -> Vec<(usize, S, usize)> {
-    let mut v = Vec::with_capacity(rounds * switches.len() * ports.len());
-    for r in 0..rounds {
-        for &s in switches {
-            for &p in ports {
-                v.push((r, s, p));
-            }
-        }
-    }
-    v
-}
-
-fn default_vswitch() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("vswitch")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("vswitch"))
+    crate::compare::schedule(rounds, switches, ports)
 }
 
 /// Starts `kind` with `ports` ports, attaches, and measures every MAC count once.
@@ -794,7 +778,10 @@ pub fn scale(a: &ScaleArgs) -> Result<(), ScaleError> {
     let peer = PeerConfig {
         pmd_core: a.pmd_core,
         main_core: a.gen_core,
-        vswitch: a.vswitch.clone().unwrap_or_else(default_vswitch),
+        vswitch: a
+            .vswitch
+            .clone()
+            .unwrap_or_else(crate::compare::default_vswitch),
         run_dir: run_dir.clone(),
     };
     let mut statuses: Vec<SwitchStatus> = kinds

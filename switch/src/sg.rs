@@ -271,7 +271,10 @@ mod tests {
         unsafe {
             assert!(write_unless_equal(l.segs(), 3, &[7, 7, 7, 7]));
             assert!(write_unless_equal(l.segs(), 3, &[1, 2, 3, 4]));
-            assert!(!write_unless_equal(l.segs(), 12, &[1, 2, 3]), "past the end");
+            assert!(
+                !write_unless_equal(l.segs(), 12, &[1, 2, 3]),
+                "past the end"
+            );
         }
         assert_eq!(bufs[0], [7, 7, 7, 1, 2]);
         assert_eq!(bufs[1], [3, 4, 7, 7, 7, 7, 7, 7, 7]);
