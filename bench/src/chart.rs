@@ -60,26 +60,7 @@ pub fn svg(r: &CompareReport) -> String {
         w / 2.0,
         r.samples
     );
-    // Axis and grid.
-    let mut y = 0.0;
-    while y <= ymax + 1e-9 {
-        let py = top + plot_h - y / ymax * plot_h;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            left + plot_w,
-            left - 6.0,
-            py + 4.0,
-            trim(y)
-        );
-        y += step;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">Mpps received</text>"#,
-        top + plot_h / 2.0,
-        top + plot_h / 2.0
-    );
+    y_axis(&mut s, (left, top, plot_w, plot_h), ymax, step);
     let groups = r.sizes.len().max(1) as f64;
     let group_w = plot_w / groups;
     let bar_w = (group_w * 0.8) / switches.len().max(1) as f64;
@@ -152,6 +133,31 @@ pub fn svg(r: &CompareReport) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// Horizontal grid lines with their labels every `step` up to `ymax`, and the "Mpps received"
+/// axis title, for a plot area `(left, top, width, height)`.
+pub(crate) fn y_axis(s: &mut String, area: (f64, f64, f64, f64), ymax: f64, step: f64) {
+    let (left, top, plot_w, plot_h) = area;
+    let mut y = 0.0;
+    while y <= ymax + 1e-9 {
+        let py = top + plot_h - y / ymax * plot_h;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left + plot_w,
+            left - 6.0,
+            py + 4.0,
+            trim(y)
+        );
+        y += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">Mpps received</text>"#,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
 }
 
 pub(crate) fn nice_step(raw: f64) -> f64 {

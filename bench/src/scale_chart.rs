@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::chart::{esc, nice_step, trim};
+use crate::chart::{esc, nice_step, y_axis};
 use crate::scale::{ScalePoint, ScaleReport};
 
 const COLORS: [&str; 4] = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
@@ -72,25 +72,7 @@ pub fn svg(r: &ScaleReport) -> String {
         r.size,
         r.samples
     );
-    let mut y = 0.0;
-    while y <= ymax + 1e-9 {
-        let py = y_of(y);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            left + plot_w,
-            left - 6.0,
-            py + 4.0,
-            trim(y)
-        );
-        y += step;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">Mpps received</text>"#,
-        top + plot_h / 2.0,
-        top + plot_h / 2.0
-    );
+    y_axis(&mut s, (left, top, plot_w, plot_h), ymax, step);
     for &m in &r.macs {
         let _ = writeln!(
             s,
