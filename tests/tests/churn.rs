@@ -133,8 +133,17 @@ fn a_thousand_abrupt_sessions_leave_a_streaming_pair_untouched_and_leak_nothing(
         base.1,
         end.1
     );
+    // Wall time on a shared two-core machine is the scheduler's as much as ours (a median of
+    // ~1 ms idle reads 6 ms beside a compile), so the bounds catch only what a scheduler cannot
+    // explain: a handshake that waits on a timer or a retry (a second), or one that is slow as a
+    // rule (a median ten times the loaded figure). The figures themselves are printed above.
+    let max = *handshakes.last().unwrap();
     assert!(
-        median <= Duration::from_millis(5),
+        max < Duration::from_secs(1),
+        "a handshake took {max:?} (median {median:?}, p99 {p99:?})"
+    );
+    assert!(
+        median <= Duration::from_millis(50),
         "median handshake {median:?} (p99 {p99:?})"
     );
     let s = lab.stats("c");
