@@ -24,6 +24,7 @@ use crate::vhost_port::{
     feature_names, Mode, PortError, PortQueues, PortRunner, SessionError, SessionEvents,
     SessionInfo,
 };
+use crate::vlan::{VlanMode, VlanPlan};
 
 /// Switch-wide settings.
 #[derive(Clone, Debug)]
@@ -85,6 +86,11 @@ pub enum SwitchError {
     BadMaxFrame(u32),
     #[error("{0:?} is not a unicast MAC address (aa:bb:cc:dd:ee:ff)")]
     BadMac(String),
+    #[error("port {port:?}: {error}")]
+    Vlan {
+        port: String,
+        error: crate::vlan::VlanError,
+    },
 }
 
 struct PortEntry {
@@ -100,6 +106,7 @@ struct PortEntry {
     errors_logged: u64,
     runner: Option<PortRunner>,
     security: PortSecurity,
+    vlan: VlanMode,
 }
 
 /// One rx queue's PMD, for `pmd-rxq`.
@@ -177,6 +184,8 @@ pub struct PortInfo {
     pub max_macs: u32,
     /// MACs learned on the port now.
     pub learned_macs: u32,
+    /// The VLANs the port carries.
+    pub vlan: VlanMode,
 }
 
 /// Counters of one port for `stats`.
@@ -204,6 +213,7 @@ pub struct RingRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct FdbRow {
     pub port: String,
+    pub vlan: u16,
     pub mac: String,
     pub age_secs: u32,
 }
@@ -351,6 +361,7 @@ impl SwitchCore {
                 errors_logged: 0,
                 runner,
                 security: PortSecurity::default(),
+                vlan: VlanMode::Untagged,
             },
         );
         self.republish(&mut st);
@@ -410,6 +421,25 @@ impl SwitchCore {
         if restricts {
             self.fdb.flush_port(id);
         }
+        Ok(())
+    }
+
+    /// Sets the VLANs a port carries; takes effect between two bursts. What the port learned
+    /// is forgotten (its stations may now be on other VLANs).
+    pub fn set_port_vlan(&self, name: &str, vlan: VlanMode) -> Result<(), SwitchError> {
+        vlan.validate().map_err(|error| SwitchError::Vlan {
+            port: name.to_string(),
+            error,
+        })?;
+        let mut st = self.lock();
+        let e = st
+            .ports
+            .get_mut(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let id = e.id;
+        e.vlan = vlan;
+        self.republish(&mut st);
+        self.fdb.flush_port(id);
         Ok(())
     }
 
@@ -507,6 +537,7 @@ impl SwitchCore {
             }
         }
         rxqs.sort_by_key(|(id, _, q, _)| (*id, *q));
+        let vlans = VlanPlan::build(st.ports.values().map(|e| (e.id, &e.vlan))).map(Arc::new);
         let n = self.pmds.len();
         let mut per_pmd: Vec<Vec<RxqRt>> = (0..n).map(|_| Vec::new()).collect();
         st.assignment.clear();
@@ -526,6 +557,7 @@ impl SwitchCore {
                 present,
                 rxqs,
                 security: security.clone(),
+                vlans: vlans.clone(),
                 limits: self.limits,
             });
             if let Err(e) = pmd.swap(snap) {
@@ -581,6 +613,7 @@ impl SwitchCore {
                         .collect(),
                     max_macs: e.security.max_macs,
                     learned_macs: self.fdb.learned_on(e.id),
+                    vlan: e.vlan.clone(),
                 }
             })
             .collect();
@@ -636,6 +669,7 @@ impl SwitchCore {
                     .get(&e.port)
                     .cloned()
                     .unwrap_or_else(|| format!("#{}", e.port)),
+                vlan: e.vlan,
                 mac: e.mac,
                 age_secs: e.age_secs,
             })

@@ -16,6 +16,9 @@
 //! client = false             # true: the switch connects (QEMU server=on)
 //! allowed_macs = ["52:54:00:00:00:01"]   # port security (optional): only these sources
 //! max_macs = 4                # port security (optional): most MACs learned on the port
+//! tag = 10                    # VLANs (optional): an access port of VLAN 10, or
+//! # trunks = "10,20-30"       #   a trunk of these VLANs ("all": every one)
+//! # native = 5                #   with a native VLAN for its untagged frames
 //! [[port]]
 //! name = "uplink"
 //! type = "tap"
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::port_spec::{PortFields, PortSpec, PortSpecError, PortType};
+use crate::vlan::{VlanError, VlanMode};
 
 /// One port in the config file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -39,6 +43,8 @@ pub struct PortConfig {
     pub allowed_macs: Vec<String>,
     /// Port security: most MACs learned on the port (absent or 0: no cap).
     pub max_macs: u32,
+    /// The VLANs the port carries (`tag`, `trunks`, `native`).
+    pub vlan: VlanMode,
 }
 
 /// A `[[port]]` table as written. The port's own fields are [`PortFields`]' (not flattened in:
@@ -56,6 +62,9 @@ struct PortTable {
     allowed_macs: Vec<String>,
     #[serde(default)]
     max_macs: u32,
+    tag: Option<u16>,
+    trunks: Option<String>,
+    native: Option<u16>,
 }
 
 /// A `[[port]]` table that does not describe a port.
@@ -63,7 +72,16 @@ struct PortTable {
 #[error("port {name:?}: {error}")]
 pub struct PortTableError {
     name: String,
-    error: PortSpecError,
+    error: PortTableFault,
+}
+
+/// What is wrong with a `[[port]]` table.
+#[derive(Debug, thiserror::Error)]
+pub enum PortTableFault {
+    #[error(transparent)]
+    Spec(#[from] PortSpecError),
+    #[error(transparent)]
+    Vlan(#[from] VlanError),
 }
 
 impl TryFrom<PortTable> for PortConfig {
@@ -76,12 +94,23 @@ impl TryFrom<PortTable> for PortConfig {
             client: t.client,
             ifname: t.ifname,
         };
-        match PortSpec::try_from(fields) {
-            Ok(spec) => Ok(PortConfig {
+        let parsed = PortSpec::try_from(fields)
+            .map_err(PortTableFault::from)
+            .and_then(|spec| {
+                let vlan = VlanMode::from_flags(
+                    t.tag.map(|v| v.to_string()).as_deref(),
+                    t.trunks.as_deref(),
+                    t.native.map(|v| v.to_string()).as_deref(),
+                )?;
+                Ok((spec, vlan))
+            });
+        match parsed {
+            Ok((spec, vlan)) => Ok(PortConfig {
                 name: t.name,
                 spec,
                 allowed_macs: t.allowed_macs,
                 max_macs: t.max_macs,
+                vlan,
             }),
             Err(error) => Err(PortTableError {
                 name: t.name,

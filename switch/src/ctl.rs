@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::bridge::SwitchCore;
 use crate::fdb::parse_mac;
 use crate::port_spec::PortSpec;
+use crate::vlan::VlanMode;
 
 /// Longest request line the control socket accepts; a longer one is answered with an error and
 /// the connection closed.
@@ -35,6 +36,9 @@ pub enum Request {
         name: String,
         /// Read by the same rules as a config file's `[[port]]` table.
         port: PortSpec,
+        /// The VLANs the port carries (default: untagged, every VLAN passes as is).
+        #[serde(default)]
+        vlan: VlanMode,
     },
     DelPort {
         name: String,
@@ -46,12 +50,21 @@ pub enum Request {
         allowed_macs: Option<String>,
         #[serde(default)]
         max_macs: Option<u32>,
+        /// New VLANs for the port (`Untagged` lifts them).
+        #[serde(default)]
+        vlan: Option<VlanMode>,
     },
     Ports,
     Fdb,
-    FdbFlush,
+    /// Forget learned MACs: all, or those of one VLAN.
+    FdbFlush {
+        #[serde(default)]
+        vlan: Option<u16>,
+    },
     FdbLookup {
         mac: String,
+        #[serde(default)]
+        vlan: u16,
     },
     SetAging {
         secs: u32,
@@ -296,10 +309,21 @@ fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream) -> bool {
 /// Runs one request against the switch.
 pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
     match req {
-        Request::AddPort { name, port } => match core.add_port(&name, port) {
-            Ok(()) => Response::ok(serde_json::Value::Null, format!("added port {name}\n")),
-            Err(e) => Response::err(e),
-        },
+        Request::AddPort { name, port, vlan } => {
+            if let Err(error) = vlan.validate() {
+                return Response::err(crate::bridge::SwitchError::Vlan { port: name, error });
+            }
+            if let Err(e) = core.add_port(&name, port) {
+                return Response::err(e);
+            }
+            if vlan != VlanMode::Untagged {
+                if let Err(e) = core.set_port_vlan(&name, vlan) {
+                    let _ = core.del_port(&name);
+                    return Response::err(e);
+                }
+            }
+            Response::ok(serde_json::Value::Null, format!("added port {name}\n"))
+        }
         Request::DelPort { name } => match core.del_port(&name) {
             Ok(()) => Response::ok(serde_json::Value::Null, format!("deleted port {name}\n")),
             Err(e) => Response::err(e),
@@ -308,7 +332,16 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
             name,
             allowed_macs,
             max_macs,
+            vlan,
         } => {
+            if let Some(vlan) = vlan {
+                if let Err(e) = core.set_port_vlan(&name, vlan) {
+                    return Response::err(e);
+                }
+                if allowed_macs.is_none() && max_macs.is_none() {
+                    return Response::ok(serde_json::Value::Null, format!("port {name} updated\n"));
+                }
+            }
             let mut sec = match core.port_security(&name) {
                 Ok(s) => s,
                 Err(e) => return Response::err(e),
@@ -337,16 +370,20 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
             let text = crate::render::fdb_table(&rows, core.fdb.aging(), core.fdb.slots());
             Response::ok(rows, text)
         }
-        Request::FdbFlush => {
-            let n = core.fdb.flush();
-            Response::ok(n, format!("flushed {n} MAC entries\n"))
+        Request::FdbFlush { vlan } => {
+            let n = match vlan {
+                None => core.fdb.flush(),
+                Some(v) => core.fdb.flush_vlan(v),
+            };
+            let on = vlan.map_or(String::new(), |v| format!(" on VLAN {v}"));
+            Response::ok(n, format!("flushed {n} MAC entries{on}\n"))
         }
-        Request::FdbLookup { mac } => match parse_mac(&mac) {
+        Request::FdbLookup { mac, vlan } => match parse_mac(&mac) {
             None => Response::err(format!(
                 "{mac:?} is not a MAC address like 52:54:00:12:34:56"
             )),
             Some(m) => {
-                let port = core.fdb.lookup(m);
+                let port = core.fdb.lookup(crate::fdb::vlan_key(m, vlan));
                 let name = port.and_then(|id| {
                     core.ports()
                         .into_iter()

@@ -1,8 +1,10 @@
 //! The MAC learning table, shared by every PMD without locks.
 //!
-//! Each slot is one `AtomicU64` holding the MAC, the port and a valid bit, so a reader always
-//! sees a consistent MAC → port pair; the time it was last seen lives beside it and only matters
-//! for aging. Learning writes only when the port changes or the coarse clock has ticked, so a
+//! Entries are keyed by (VLAN, MAC) packed in one u64 ([`vlan_key`]; VLAN 0 is the plain MAC).
+//! A slot is two words: the key with a valid bit, and the port with the time the key was last
+//! seen. A reader loads the key, the value, then the key again, and takes the value only if the
+//! key did not change under it; a writer that reuses a slot for another key parks it as BUSY
+//! first, so a reader never pairs a key with another key's port (which would cross VLANs). Learning writes only when the port changes or the coarse clock has ticked, so a
 //! steady flow does not bounce cache lines between PMDs. Races between two learners are benign:
 //! the last writer wins, as with any learning switch.
 
@@ -15,7 +17,11 @@ pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 /// Slots probed from a MAC's home slot.
 const PROBE: usize = 8;
 const VALID: u64 = 1 << 63;
+/// A slot being rewritten for another key: neither free nor matching anything.
+const BUSY: u64 = 1 << 62;
 const MAC_MASK: u64 = (1 << 48) - 1;
+/// The (VLAN, MAC) part of a key.
+const KEY_MASK: u64 = (1 << 60) - 1;
 
 /// Default aging time, as in OVS.
 pub const DEFAULT_AGING_SECS: u32 = 300;
@@ -32,6 +38,12 @@ pub fn mac_from_bytes(b: &[u8]) -> Mac {
         | ((b[3] as u64) << 16)
         | ((b[4] as u64) << 8)
         | b[5] as u64
+}
+
+/// The table key of `mac` on `vlan` (VLAN 0: the MAC itself).
+#[inline(always)]
+pub fn vlan_key(mac: Mac, vlan: u16) -> Mac {
+    (mac & MAC_MASK) | ((vlan as u64 & 0xfff) << 48)
 }
 
 /// Formats a [`Mac`] as `aa:bb:cc:dd:ee:ff`.
@@ -63,13 +75,31 @@ pub fn is_group(mac: Mac) -> bool {
 }
 
 struct Slot {
-    entry: AtomicU64,
-    seen: AtomicU32,
+    /// `VALID | key`, [`BUSY`], or 0 (never used: a probe stops here).
+    key: AtomicU64,
+    /// `port << 32 | seen`.
+    val: AtomicU64,
+}
+
+#[inline(always)]
+fn pack_val(port: u8, seen: u32) -> u64 {
+    ((port as u64) << 32) | seen as u64
+}
+
+#[inline(always)]
+fn val_port(v: u64) -> u8 {
+    (v >> 32) as u8 & 0x7f
+}
+
+#[inline(always)]
+fn val_seen(v: u64) -> u32 {
+    v as u32
 }
 
 /// One learned entry, for display.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FdbEntry {
+    pub vlan: u16,
     pub mac: String,
     pub port: u8,
     pub age_secs: u32,
@@ -113,16 +143,6 @@ impl Default for Fdb {
     }
 }
 
-#[inline(always)]
-fn entry_port(e: u64) -> u8 {
-    (e >> 48) as u8 & 0x7f
-}
-
-#[inline(always)]
-fn pack(mac: Mac, port: u8) -> u64 {
-    VALID | ((port as u64) << 48) | (mac & MAC_MASK)
-}
-
 impl Fdb {
     /// A table sized for [`DEFAULT_TABLE_SIZE`] MACs.
     pub fn new(aging_secs: u32) -> Self {
@@ -135,8 +155,8 @@ impl Fdb {
         let n = (macs.clamp(32, MAX_TABLE_SIZE) as usize * 2).next_power_of_two();
         let slots = (0..n)
             .map(|_| Slot {
-                entry: AtomicU64::new(0),
-                seen: AtomicU32::new(0),
+                key: AtomicU64::new(0),
+                val: AtomicU64::new(0),
             })
             .collect();
         Fdb {
@@ -155,8 +175,8 @@ impl Fdb {
     }
 
     #[inline(always)]
-    fn home(&self, mac: Mac) -> usize {
-        (mac.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize & self.mask
+    fn home(&self, key: Mac) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize & self.mask
     }
 
     /// The coarse clock (seconds).
@@ -178,80 +198,86 @@ impl Fdb {
         self.aging.store(secs, Ordering::Relaxed);
     }
 
-    /// The port a MAC was learned on, unless unknown or aged out.
+    /// The port a key ([`vlan_key`], or a plain MAC for VLAN 0) was learned on, unless unknown
+    /// or aged out.
     #[inline(always)]
-    pub fn lookup(&self, mac: Mac) -> Option<u8> {
-        let h = self.home(mac);
-        let want = mac & MAC_MASK;
+    pub fn lookup(&self, key: Mac) -> Option<u8> {
+        let key = key & KEY_MASK;
+        let h = self.home(key);
+        let want = VALID | key;
         for i in 0..PROBE {
             let slot = &self.slots[(h + i) & self.mask];
-            let e = slot.entry.load(Ordering::Relaxed);
-            if e == 0 {
+            let k = slot.key.load(Ordering::Acquire);
+            if k == 0 {
                 return None;
             }
-            if e & VALID != 0 && e & MAC_MASK == want {
-                let age = self.now().wrapping_sub(slot.seen.load(Ordering::Relaxed));
-                if age > self.aging() {
+            if k == want {
+                let v = slot.val.load(Ordering::Acquire);
+                // Reused for another key while we read: as good as unknown (the frame floods
+                // within its VLAN).
+                if slot.key.load(Ordering::Relaxed) != k {
                     return None;
                 }
-                return Some((e >> 48) as u8 & 0x7f);
+                if self.now().wrapping_sub(val_seen(v)) > self.aging() {
+                    return None;
+                }
+                return Some(val_port(v));
             }
         }
         None
     }
 
-    /// Learns `mac` on `port`. With `max` > 0 the port may hold at most that many MACs: a new
-    /// one beyond it is refused (a known one refreshes). An entry is only ever replaced when it
-    /// aged out or belongs to the same port; a full neighbourhood of live entries refuses the
-    /// newcomer instead of evicting another port's station.
+    /// Learns a key ([`vlan_key`]) on `port`. With `max` > 0 the port may hold at most that many
+    /// MACs: a new one beyond it is refused (a known one refreshes). An entry is only ever
+    /// replaced when it aged out or belongs to the same port; a full neighbourhood of live
+    /// entries refuses the newcomer instead of evicting another port's station.
     #[inline(always)]
-    pub fn learn(&self, mac: Mac, port: u8, max: u32) -> Learn {
+    pub fn learn(&self, key: Mac, port: u8, max: u32) -> Learn {
+        let key = key & KEY_MASK;
         let now = self.now();
         let aging = self.aging();
-        let h = self.home(mac);
-        let want = mac & MAC_MASK;
-        let packed = pack(mac, port);
+        let h = self.home(key);
+        let want = VALID | key;
+        let fresh = pack_val(port, now);
         let mut victim: Option<(u32, usize)> = None;
         for i in 0..PROBE {
             let idx = (h + i) & self.mask;
             let slot = &self.slots[idx];
-            let e = slot.entry.load(Ordering::Relaxed);
-            if e & VALID != 0 && e & MAC_MASK == want {
-                let mut did = Learn::Known;
-                if e != packed {
+            let k = slot.key.load(Ordering::Relaxed);
+            if k == want {
+                let v = slot.val.load(Ordering::Relaxed);
+                if val_port(v) != port {
                     // A station move: the new port takes it, within its limit.
                     if !self.may_add(port, max) {
                         return Learn::Refused;
                     }
-                    slot.entry.store(packed, Ordering::Relaxed);
-                    self.moved(entry_port(e), port);
-                    did = Learn::Learned;
+                    slot.val.store(fresh, Ordering::Release);
+                    self.moved(val_port(v), port);
+                    return Learn::Learned;
                 }
-                if slot.seen.load(Ordering::Relaxed) != now {
-                    slot.seen.store(now, Ordering::Relaxed);
+                if val_seen(v) != now {
+                    slot.val.store(fresh, Ordering::Relaxed);
                 }
-                return did;
+                return Learn::Known;
             }
-            if e == 0 {
+            if k == 0 {
                 if !self.may_add(port, max) {
                     return Learn::Refused;
                 }
-                slot.seen.store(now, Ordering::Relaxed);
-                if slot
-                    .entry
-                    .compare_exchange(0, packed, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if self.claim(slot, 0, fresh, want) {
                     self.learned[port as usize & (COUNTED_PORTS - 1)]
                         .fetch_add(1, Ordering::Relaxed);
                     return Learn::Learned;
                 }
                 continue;
             }
-            let seen = slot.seen.load(Ordering::Relaxed);
-            let stale = now.wrapping_sub(seen) > aging;
-            if (stale || entry_port(e) == port) && victim.is_none_or(|(s, _)| seen < s) {
-                victim = Some((seen, idx));
+            if k & VALID == 0 {
+                continue; // being rewritten by another learner
+            }
+            let v = slot.val.load(Ordering::Relaxed);
+            let stale = now.wrapping_sub(val_seen(v)) > aging;
+            if (stale || val_port(v) == port) && victim.is_none_or(|(s, _)| val_seen(v) < s) {
+                victim = Some((val_seen(v), idx));
             }
         }
         let Some((_, idx)) = victim else {
@@ -261,11 +287,29 @@ impl Fdb {
             return Learn::Refused;
         }
         let slot = &self.slots[idx];
-        let old = slot.entry.load(Ordering::Relaxed);
-        slot.seen.store(now, Ordering::Relaxed);
-        slot.entry.store(packed, Ordering::Relaxed);
-        self.moved(entry_port(old), port);
+        let old_key = slot.key.load(Ordering::Relaxed);
+        let old = slot.val.load(Ordering::Relaxed);
+        if old_key & VALID == 0 || !self.claim(slot, old_key, fresh, want) {
+            return Learn::Full; // another learner took the slot first
+        }
+        self.moved(val_port(old), port);
         Learn::Learned
+    }
+
+    /// Rewrites `slot` from key `from` to `(want, val)`, parked as BUSY in between so that no
+    /// reader pairs either key with the other's value. False when the slot changed first.
+    #[inline(always)]
+    fn claim(&self, slot: &Slot, from: u64, val: u64, want: u64) -> bool {
+        if slot
+            .key
+            .compare_exchange(from, BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        slot.val.store(val, Ordering::Release);
+        slot.key.store(want, Ordering::Release);
+        true
     }
 
     /// True when `port` may learn one more MAC under a limit of `max` (0: none).
@@ -294,12 +338,17 @@ impl Fdb {
     pub fn expire(&self) -> usize {
         let now = self.now();
         let aging = self.aging();
-        self.remove_where(|_, seen| now.wrapping_sub(seen) > aging)
+        self.remove_where(|_, v| now.wrapping_sub(val_seen(v)) > aging)
     }
 
-    /// Forgets every MAC learned on `port` (port deleted or disconnected).
+    /// Forgets every MAC learned on `port` (port deleted or disconnected, VLANs changed).
     pub fn flush_port(&self, port: u8) -> usize {
-        self.remove_where(|e, _| (e >> 48) as u8 & 0x7f == port)
+        self.remove_where(|_, v| val_port(v) == port)
+    }
+
+    /// Forgets every MAC learned on `vlan`.
+    pub fn flush_vlan(&self, vlan: u16) -> usize {
+        self.remove_where(|k, _| (k >> 48) as u16 & 0xfff == vlan)
     }
 
     /// Forgets everything.
@@ -307,46 +356,52 @@ impl Fdb {
         self.remove_where(|_, _| true)
     }
 
-    fn remove_where(&self, pred: impl Fn(u64, u32) -> bool) -> usize {
+    fn remove_where(&self, pred: impl Fn(u64, u64) -> bool) -> usize {
         // Removing leaves a hole in a probe sequence; entries behind it become unreachable for
         // lookups (a miss floods) until relearned, which the next frame from them does.
         let mut n = 0;
         for slot in self.slots.iter() {
-            let e = slot.entry.load(Ordering::Relaxed);
-            if e & VALID != 0
-                && pred(e, slot.seen.load(Ordering::Relaxed))
+            let k = slot.key.load(Ordering::Acquire);
+            if k & VALID == 0 {
+                continue;
+            }
+            let v = slot.val.load(Ordering::Acquire);
+            if pred(k & KEY_MASK, v)
                 && slot
-                    .entry
-                    .compare_exchange(e, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .key
+                    .compare_exchange(k, 0, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                self.forget_one(entry_port(e));
+                self.forget_one(val_port(v));
                 n += 1;
             }
         }
         n
     }
 
-    /// All live entries, sorted by port then MAC.
+    /// All live entries, sorted by port, VLAN, then MAC.
     pub fn entries(&self) -> Vec<FdbEntry> {
         let now = self.now();
         let aging = self.aging();
-        let mut out: Vec<(u8, Mac, u32)> = self
+        let mut out: Vec<(u8, u16, Mac, u32)> = self
             .slots
             .iter()
             .filter_map(|s| {
-                let e = s.entry.load(Ordering::Relaxed);
-                let age = now.wrapping_sub(s.seen.load(Ordering::Relaxed));
-                (e & VALID != 0 && age <= aging).then_some((
-                    (e >> 48) as u8 & 0x7f,
-                    e & MAC_MASK,
+                let k = s.key.load(Ordering::Acquire);
+                let v = s.val.load(Ordering::Acquire);
+                let age = now.wrapping_sub(val_seen(v));
+                (k & VALID != 0 && age <= aging).then_some((
+                    val_port(v),
+                    (k >> 48) as u16 & 0xfff,
+                    k & MAC_MASK,
                     age,
                 ))
             })
             .collect();
         out.sort();
         out.into_iter()
-            .map(|(port, mac, age)| FdbEntry {
+            .map(|(port, vlan, mac, age)| FdbEntry {
+                vlan,
                 mac: mac_to_string(mac),
                 port,
                 age_secs: age,
@@ -442,6 +497,63 @@ mod tests {
         assert_eq!(fdb.lookup(victims[0]), Some(1));
         fdb.flush_port(3);
         assert_eq!(fdb.learned_on(3), 0);
+    }
+
+    #[test]
+    fn the_same_mac_on_two_vlans_is_two_entries() {
+        let fdb = Fdb::new(300);
+        let a = parse_mac("52:54:00:00:00:01").unwrap();
+        fdb.learn(vlan_key(a, 10), 1, 0);
+        fdb.learn(vlan_key(a, 20), 2, 0);
+        assert_eq!(fdb.lookup(vlan_key(a, 10)), Some(1));
+        assert_eq!(fdb.lookup(vlan_key(a, 20)), Some(2));
+        assert_eq!(fdb.lookup(a), None, "VLAN 0 is its own");
+        assert_eq!(vlan_key(a, 0), a);
+        let vlans: Vec<u16> = fdb.entries().iter().map(|e| e.vlan).collect();
+        assert_eq!(vlans, [10, 20]);
+        assert_eq!(fdb.flush_vlan(10), 1);
+        assert_eq!(fdb.lookup(vlan_key(a, 10)), None);
+        assert_eq!(fdb.lookup(vlan_key(a, 20)), Some(2));
+    }
+
+    #[test]
+    fn readers_racing_slot_reuse_never_see_another_keys_port() {
+        // 200 keys through a 64-slot table with aging 0: every pass of the writer finds the
+        // previous pass's entries stale and keeps reusing their slots for other keys. A reader
+        // must only ever get the port that belongs to the key it asked for (or nothing).
+        let fdb = std::sync::Arc::new(Fdb::with_size(0, 32));
+        let key = |i: u64| vlan_key(0x0200_0000_0000 | (i / 2), 1 + (i % 2) as u16);
+        let port = |i: u64| (i % 7) as u8;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (fdb, stop) = (fdb.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut t = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    t += 1;
+                    fdb.tick(t);
+                    for i in 0..200 {
+                        fdb.learn(key(i), port(i), 0);
+                    }
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut found = 0u64;
+        while std::time::Instant::now() < deadline {
+            for i in 0..200 {
+                match fdb.lookup(key(i)) {
+                    None => {}
+                    Some(p) => {
+                        assert_eq!(p, port(i), "key {i} read another key's port");
+                        found += 1;
+                    }
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(found > 0, "the readers never found a live entry");
     }
 
     #[test]

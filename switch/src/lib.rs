@@ -25,4 +25,5 @@ pub mod spin;
 pub mod stats;
 pub mod tap;
 pub mod vhost_port;
+pub mod vlan;
 pub mod vring;

@@ -12,6 +12,7 @@ use switch::ctl::{self, Request};
 use switch::pmd::{available_cores, parse_core_list};
 use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
+use switch::vlan::{VlanError, VlanMode};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,15 @@ struct RunArgs {
     /// TAP uplink port (created, or attached to if it exists).
     #[arg(long = "tap", value_name = "NAME:IFNAME")]
     tap: Vec<String>,
+    /// Make a port an access port of VLAN N (untagged on the port).
+    #[arg(long = "tag", value_name = "NAME:N")]
+    tag: Vec<String>,
+    /// Make a port a trunk of these VLANs (tagged on the port), e.g. `up:10,20-30` or `up:all`.
+    #[arg(long = "trunks", value_name = "NAME:LIST")]
+    trunks: Vec<String>,
+    /// A trunk's native VLAN: its untagged frames (OVS's native-untagged).
+    #[arg(long = "native", value_name = "NAME:N")]
+    native: Vec<String>,
     /// MAC aging time in seconds.
     #[arg(long)]
     mac_aging: Option<u32>,
@@ -103,6 +113,35 @@ struct CtlArgs {
     cmd: CtlCmd,
 }
 
+/// A port's VLANs, as `add-port` and `set-port` take them.
+#[derive(clap::Args)]
+struct VlanFlags {
+    /// Access port of VLAN N: untagged on the port, VLAN N inside the switch.
+    #[arg(long, value_name = "N", conflicts_with = "trunks")]
+    tag: Option<String>,
+    /// Trunk of these VLANs, e.g. `10,20-30` or `all`: tagged frames of them pass, others are
+    /// dropped and counted.
+    #[arg(long, value_name = "LIST")]
+    trunks: Option<String>,
+    /// A trunk's native VLAN: its untagged frames belong to it and its frames leave untagged.
+    #[arg(long, value_name = "N", requires = "trunks")]
+    native: Option<String>,
+}
+
+impl VlanFlags {
+    fn mode(&self) -> Result<Option<VlanMode>, VlanError> {
+        if self.tag.is_none() && self.trunks.is_none() {
+            return Ok(None);
+        }
+        VlanMode::from_flags(
+            self.tag.as_deref(),
+            self.trunks.as_deref(),
+            self.native.as_deref(),
+        )
+        .map(Some)
+    }
+}
+
 #[derive(Subcommand)]
 enum CtlCmd {
     /// Add a port: `add-port NAME vhost-user SOCKET [--client]` or `add-port NAME tap IFNAME`.
@@ -115,6 +154,8 @@ enum CtlCmd {
         /// vhost-user client mode: the switch connects to a socket the frontend listens on.
         #[arg(long)]
         client: bool,
+        #[command(flatten)]
+        vlan: VlanFlags,
     },
     /// Delete a port (traffic on other ports continues).
     DelPort { name: String },
@@ -128,17 +169,28 @@ enum CtlCmd {
         allowed_macs: Option<String>,
         #[arg(long, value_name = "N")]
         max_macs: Option<u32>,
+        #[command(flatten)]
+        vlan: VlanFlags,
+        /// Back to untagged (every VLAN passes as it came).
+        #[arg(long, conflicts_with_all = ["tag", "trunks", "native"])]
+        untagged: bool,
     },
     /// List ports with their state and negotiated features.
     #[command(alias = "show")]
     Ports,
-    /// Show the MAC learning table (`--flush` empties it).
+    /// Show the MAC learning table (`--flush` empties it, `--flush --vlan N` one VLAN's part).
     Fdb {
         #[arg(long)]
         flush: bool,
+        #[arg(long, requires = "flush", value_name = "N")]
+        vlan: Option<u16>,
     },
-    /// Which port a MAC was learned on.
-    FdbLookup { mac: String },
+    /// Which port a MAC was learned on (on VLAN 0, or `--vlan N`).
+    FdbLookup {
+        mac: String,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        vlan: u16,
+    },
     /// Set the MAC aging time in seconds.
     SetAging { secs: u32 },
     /// Port counters (`--clear` zeroes them).
@@ -222,9 +274,13 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
 
     let mut ports: Vec<(String, PortSpec)> = Vec::new();
     let mut security = Vec::new();
+    let mut vlans = run_vlan_flags(&args)?;
     for p in &file.port {
         if let Some(sec) = p.security()? {
             security.push((p.name.clone(), sec));
+        }
+        if p.vlan != VlanMode::Untagged && !vlans.iter().any(|(n, _)| *n == p.name) {
+            vlans.push((p.name.clone(), p.vlan.clone()));
         }
         ports.push((p.name.clone(), p.spec.clone()));
     }
@@ -264,6 +320,12 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
             return Err(format!("port {name}: {e}").into());
         }
     }
+    for (name, vlan) in vlans {
+        if let Err(e) = core.set_port_vlan(&name, vlan) {
+            core.del_all_ports();
+            return Err(e.into());
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -283,6 +345,29 @@ fn run(args: RunArgs) -> Result<ExitCode, AnyError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The VLANs `--tag`, `--trunks` and `--native` give ports at `vswitch run` (these win over
+/// the config file's).
+fn run_vlan_flags(args: &RunArgs) -> Result<Vec<(String, VlanMode)>, AnyError> {
+    let mut flags: std::collections::BTreeMap<String, [Option<String>; 3]> = Default::default();
+    for (i, list) in [&args.tag, &args.trunks, &args.native]
+        .into_iter()
+        .enumerate()
+    {
+        for a in list {
+            let (name, value) = split_port_arg(a, "VALUE")?;
+            flags.entry(name).or_default()[i] = Some(value);
+        }
+    }
+    flags
+        .into_iter()
+        .map(|(name, [tag, trunks, native])| {
+            VlanMode::from_flags(tag.as_deref(), trunks.as_deref(), native.as_deref())
+                .map(|m| (name.clone(), m))
+                .map_err(|e| format!("port {name}: {e}").into())
+        })
+        .collect()
+}
+
 fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
     let path = args.ctl.unwrap_or_else(ctl::default_ctl_path);
     let reqs: Vec<Request> = match args.cmd {
@@ -291,24 +376,33 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
             kind,
             target,
             client,
+            vlan,
         } => vec![Request::AddPort {
             name,
             port: PortSpec::from_words(&kind, &target, client)?,
+            vlan: vlan.mode()?.unwrap_or_default(),
         }],
         CtlCmd::DelPort { name } => vec![Request::DelPort { name }],
         CtlCmd::SetPort {
             name,
             allowed_macs,
             max_macs,
+            vlan,
+            untagged,
         } => vec![Request::SetPort {
             name,
             allowed_macs,
             max_macs,
+            vlan: if untagged {
+                Some(VlanMode::Untagged)
+            } else {
+                vlan.mode()?
+            },
         }],
         CtlCmd::Ports => vec![Request::Ports],
-        CtlCmd::Fdb { flush: true } => vec![Request::FdbFlush],
-        CtlCmd::Fdb { flush: false } => vec![Request::Fdb],
-        CtlCmd::FdbLookup { mac } => vec![Request::FdbLookup { mac }],
+        CtlCmd::Fdb { flush: true, vlan } => vec![Request::FdbFlush { vlan }],
+        CtlCmd::Fdb { flush: false, .. } => vec![Request::Fdb],
+        CtlCmd::FdbLookup { mac, vlan } => vec![Request::FdbLookup { mac, vlan }],
         CtlCmd::SetAging { secs } => vec![Request::SetAging { secs }],
         CtlCmd::Stats {
             port: _,

@@ -111,6 +111,24 @@ fn le16(h: &VnetHdr, at: usize) -> u16 {
     u16::from_le_bytes([h[at], h[at + 1]])
 }
 
+/// Moves a header's offsets into the frame (`hdr_len`, and `csum_start` when a checksum is
+/// asked for) by `delta` bytes: a VLAN tag pushed (+4) or popped (-4) after the MACs shifts
+/// everything behind them.
+pub fn shift_headers(h: &mut VnetHdr, delta: i32) {
+    let needs_csum = h[0] & F_NEEDS_CSUM != 0;
+    let mut shift = |at: usize| {
+        let v = le16(h, at);
+        if v != 0 {
+            let moved = (v as i32 + delta).clamp(0, u16::MAX as i32) as u16;
+            h[at..at + 2].copy_from_slice(&moved.to_le_bytes());
+        }
+    };
+    shift(net::HDR_LEN_OFFSET);
+    if needs_csum {
+        shift(net::CSUM_START_OFFSET);
+    }
+}
+
 /// Where the headers of a TCP frame lie.
 struct TcpLayout {
     /// IP header offset (after Ethernet and at most one VLAN tag).

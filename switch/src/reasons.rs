@@ -11,7 +11,7 @@ pub trait ReasonKind {
 }
 
 /// Capacity of a per-reason table.
-pub const MAX_REASONS: usize = 16;
+pub const MAX_REASONS: usize = 20;
 
 /// Declares `enum NAME { Variant => "key", ... }` as a `#[repr(u8)]` enum with `ALL` (every
 /// variant, in discriminant order), `COUNT`, `name()` (the key), `from_index()` and

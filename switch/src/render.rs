@@ -9,14 +9,21 @@ pub fn ports_table(ports: &[PortInfo]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} TARGET",
-        "ID", "PORT", "TYPE", "MODE", "STATE", "QPS"
+        "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} {:<16} TARGET",
+        "ID", "PORT", "TYPE", "MODE", "STATE", "QPS", "VLAN"
     );
     for p in ports {
         let _ = writeln!(
             s,
-            "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} {}",
-            p.id, p.name, p.kind, p.mode, p.state, p.queue_pairs, p.target
+            "{:<4} {:<14} {:<11} {:<7} {:<10} {:<5} {:<16} {}",
+            p.id,
+            p.name,
+            p.kind,
+            p.mode,
+            p.state,
+            p.queue_pairs,
+            p.vlan.describe(),
+            p.target
         );
         if !p.features.is_empty() {
             let _ = writeln!(s, "     features: {}", p.features.join(" "));
@@ -92,9 +99,13 @@ pub fn stats_table(rows: &[PortStatsRow]) -> String {
 
 pub fn fdb_table(rows: &[FdbRow], aging: u32, slots: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<14} {:<18} {:>4}", "PORT", "MAC", "AGE");
+    let _ = writeln!(s, "{:<14} {:>4} {:<18} {:>4}", "PORT", "VLAN", "MAC", "AGE");
     for r in rows {
-        let _ = writeln!(s, "{:<14} {:<18} {:>4}", r.port, r.mac, r.age_secs);
+        let _ = writeln!(
+            s,
+            "{:<14} {:>4} {:<18} {:>4}",
+            r.port, r.vlan, r.mac, r.age_secs
+        );
     }
     let _ = writeln!(
         s,

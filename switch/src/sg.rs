@@ -70,6 +70,26 @@ impl SegList {
         true
     }
 
+    /// Appends the bytes of `src` from byte `off` on (the segments, not a copy of the bytes);
+    /// false when the list is full.
+    #[inline(always)]
+    pub fn push_from(&mut self, src: &[Seg], mut off: usize) -> bool {
+        for s in src {
+            let len = s.len as usize;
+            if off >= len {
+                off -= len;
+                continue;
+            }
+            // `off < len`: the pointer stays inside the segment (wrapping_add: no unsafe needed
+            // to form it; it is only dereferenced through the list's own contract).
+            if !self.push(s.ptr.wrapping_add(off), (len - off) as u32) {
+                return false;
+            }
+            off = 0;
+        }
+        true
+    }
+
     #[inline(always)]
     pub fn segs(&self) -> &[Seg] {
         &self.segs[..self.n]

@@ -141,6 +141,12 @@ crate::counted_reasons! {
         SpoofedSource => "spoofed_source",
         #[error("source MAC not learned: the port reached its maximum of learned MACs")]
         MacLimit => "mac_limit",
+        #[error("frame's VLAN is not carried by the port (tagged on an access port, a VLAN not in its trunks, or untagged on a trunk without a native VLAN)")]
+        VlanNotAllowed => "vlan_not_allowed",
+        #[error("802.1Q tag cut short or with the reserved VLAN id 4095")]
+        VlanMalformed => "vlan_malformed",
+        #[error("802.1ad (QinQ) service tag: not switched")]
+        VlanQinq => "vlan_qinq",
     }
 }
 

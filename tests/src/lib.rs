@@ -10,6 +10,7 @@
 //! while a test does something else to the switch.
 
 pub mod lab;
+pub mod netns;
 pub mod pktgen;
 pub mod process;
 pub mod qemu;

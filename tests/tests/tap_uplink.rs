@@ -9,8 +9,9 @@
 //! qemu-system-x86_64 (the Linux guest) is missing.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
+use switchyard_tests::netns::{run_ok, Netns};
 use switchyard_tests::process::{read_lossy, Process};
 use switchyard_tests::qemu::{Qemu, QEMU_BINARY};
 use switchyard_tests::vmm::Vmm;
@@ -24,127 +25,11 @@ const NS_IP: &str = "10.0.0.100";
 /// The Linux guest's address.
 const GUEST_LINUX: &str = "10.0.0.3";
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs a command to completion; panics (with its output) when it cannot start.
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
-    text(&out)
-}
-
 /// Common requirements of every test here; true when the test should return (skipped).
 fn skip_common() -> bool {
     skip_unless(is_root(), "needs root (network namespaces, TAP devices)")
         || skip_unless(has_tun(), "needs /dev/net/tun")
         || skip_unless(has_program("ip"), "needs `ip` (iproute2)")
-}
-
-/// A network namespace, deleted on drop (also when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("sy-tap-{tag}-{}", std::process::id());
-        let _ = run(Command::new("ip").args(["netns", "del", &name]));
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        run_ok(ns.cmd("ip").args(["link", "set", "lo", "up"]));
-        ns
-    }
-
-    /// `ip netns exec NS prog`.
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-
-    /// Moves the switch's TAP `ifname` into the namespace and gives it `NS_IP`.
-    fn take_tap(&self, ifname: &str) {
-        assert!(
-            wait_until(Duration::from_secs(10), || run(
-                Command::new("ip").args(["link", "show", ifname])
-            )
-            .status
-            .success()),
-            "the switch did not create TAP {ifname}"
-        );
-        run_ok(Command::new("ip").args(["link", "set", ifname, "netns", &self.name]));
-        run_ok(
-            self.cmd("ip")
-                .args(["addr", "add", &format!("{NS_IP}/24"), "dev", ifname]),
-        );
-        run_ok(self.cmd("ip").args(["link", "set", ifname, "up"]));
-    }
-
-    fn mac_of(&self, ifname: &str) -> String {
-        run_ok(
-            self.cmd("cat")
-                .arg(format!("/sys/class/net/{ifname}/address")),
-        )
-        .trim()
-        .to_string()
-    }
-
-    fn has_link(&self, ifname: &str) -> bool {
-        run(self.cmd("ip").args(["link", "show", ifname]))
-            .status
-            .success()
-    }
-
-    /// `ping` in the namespace (iputils, else busybox's).
-    fn ping_cmd(&self, args: &[&str]) -> Command {
-        let mut c = if has_program("ping") {
-            self.cmd("ping")
-        } else {
-            let mut c = self.cmd("busybox");
-            c.arg("ping");
-            c
-        };
-        c.args(args);
-        c
-    }
-
-    /// Pings `addr` 3 times from the namespace; returns ping's output, asserting no loss.
-    fn ping3(&self, addr: &str) -> String {
-        self.ping3_sized(addr, 56)
-    }
-
-    /// The same with `size` bytes of ICMP payload.
-    fn ping3_sized(&self, addr: &str, size: usize) -> String {
-        let size = size.to_string();
-        let out = run(&mut self.ping_cmd(&["-c", "3", "-i", "0.2", "-W", "5", "-s", &size, addr]));
-        let t = text(&out);
-        assert!(
-            out.status.success() && t.contains(" 0% packet loss"),
-            "namespace -> {addr}: pings lost:\n{t}"
-        );
-        t
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stdin(Stdio::null())
-            .output();
-    }
 }
 
 /// A TAP interface name unique to this test process (at most 15 bytes).
@@ -233,7 +118,7 @@ fn builtin_guest_and_namespace_ping_each_other_through_a_tap_port() {
     let s = Scratch::new("tap-ping");
     let ifname = tap_name("tp");
     let sw = start_switch(&s, &["a"], &[("up", &ifname)]);
-    ns.take_tap(&ifname);
+    ns.take_tap(&ifname, &format!("{NS_IP}/24"));
 
     // Guest -> namespace: ARP is flooded to the TAP, the namespace's kernel answers.
     let a = start_vm(
@@ -350,7 +235,7 @@ fn linux_guest_under_qemu_runs_iperf3_with_the_namespace_through_a_tap_port() {
     let s = Scratch::new("tap-iperf");
     let ifname = tap_name("ti");
     let sw = start_switch(&s, &["lin"], &[("up", &ifname)]);
-    ns.take_tap(&ifname);
+    ns.take_tap(&ifname, &format!("{NS_IP}/24"));
 
     let server = Process::spawn(
         "iperf3 server",
@@ -412,7 +297,7 @@ fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
     let s = Scratch::new("tap-del");
     let ifname = tap_name("td");
     let sw = start_switch(&s, &["a", "b", "p"], &[("up", &ifname)]);
-    ns.take_tap(&ifname);
+    ns.take_tap(&ifname, &format!("{NS_IP}/24"));
 
     let _a = start_vm(&s, "tapdel-a", "a", 1, "linger=forever");
     // The namespace pings A continuously (every 20 ms) ...
@@ -490,7 +375,7 @@ fn deleting_the_tap_port_while_traffic_flows_leaves_the_other_ports_working() {
     let ifname2 = tap_name("tr");
     let out = sw.ctl_ok(&["add-port", "up2", "tap", &ifname2]);
     println!("{}", out.trim());
-    ns.take_tap(&ifname2);
+    ns.take_tap(&ifname2, &format!("{NS_IP}/24"));
     ns.ping3("10.0.0.2");
     let stats = row(&sw, "stats", "name", "up2").expect("new TAP port in stats");
     assert!(stats["rx_packets"].as_u64().unwrap() >= 3, "{stats}");
@@ -506,7 +391,7 @@ fn jumbo_frames_cross_the_tap_port_both_ways() {
     let s = Scratch::new("tap-jumbo");
     let ifname = tap_name("tj");
     let sw = start_switch(&s, &["lin"], &[("up", &ifname)]);
-    ns.take_tap(&ifname);
+    ns.take_tap(&ifname, &format!("{NS_IP}/24"));
     run_ok(ns.cmd("ip").args(["link", "set", &ifname, "mtu", "9000"]));
 
     // 8000-byte ICMP payloads in single 8042-byte frames, MTU 9000 on both sides.

@@ -1,10 +1,10 @@
 //! The forwarder's use of the offload module: reading a source's offload header, and
 //! delivering a frame whose offloads its destination lacks as complete frames.
 
-use super::enqueue::{EnqueueError, FrameRef, RxTarget};
-use super::forward::Forwarder;
-use super::workspace::{Pkt, TxBufs};
-use crate::offload::{software, validate, FallbackError, VnetHdr, NO_OFFLOADS};
+use super::enqueue::{EnqueueError, FrameRef, RxChains, RxTarget};
+use super::forward::{Forwarder, OutFrame};
+use super::workspace::Pkt;
+use crate::offload::{self, software, validate, FallbackError, VnetHdr, NO_OFFLOADS};
 use crate::stats::TxDrop;
 
 impl Forwarder<'_> {
@@ -46,22 +46,20 @@ impl Forwarder<'_> {
         &self,
         port: u8,
         target: &mut RxTarget<'_>,
-        p: &Pkt,
-        bufs: &mut TxBufs,
+        frame: &OutFrame<'_>,
+        rx: &mut RxChains,
+        scratch: &mut offload::Scratch,
     ) -> (u64, u64, Option<TxDrop>) {
-        let TxBufs {
-            rx,
-            offload: scratch,
-            ..
-        } = bufs;
-        // SAFETY: `p.segs` was validated by the source ring's walk (or is the TAP's buffer) and
-        // the caller holds the source ring's lock, which keeps it mapped.
+        let bytes = frame.bytes;
+        // SAFETY: the frame's segments were validated by the source ring's walk (or are the
+        // TAP's buffer, or a tag edit of either) and the caller holds the source ring's lock,
+        // which keeps them mapped.
         let r = unsafe {
             software(
-                p.segs.segs(),
-                p.off as usize,
-                p.len as usize,
-                &p.vnet,
+                bytes.segs.segs(),
+                bytes.off,
+                bytes.len,
+                &frame.vnet,
                 scratch,
                 |segs, len| target.enqueue(FrameRef { segs, off: 0, len }, &NO_OFFLOADS, rx),
             )

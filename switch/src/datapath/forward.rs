@@ -10,12 +10,13 @@ use std::sync::Arc;
 use super::enqueue::{EnqueueError, FrameRef, RxFormat, RxTarget};
 use super::queue::QueueRt;
 use super::snapshot::{PmdSnapshot, PortOut, PortSecurity, RxSource, RxqRt};
-use super::workspace::{Pkt, TxBufs, Workspace};
-use crate::fdb::{is_group, mac_from_bytes, Fdb, Learn, Mac};
+use super::workspace::{EditBuf, Pkt, TxBufs, Workspace};
+use crate::fdb::{is_group, mac_from_bytes, vlan_key, Fdb, Learn, Mac};
 use crate::limits::{BURST, MAX_GSO_FRAME};
 use crate::offload::{self, NO_OFFLOADS};
 use crate::sg;
 use crate::stats::{PmdCounters, TxDrop};
+use crate::vlan::{Edit, Ingress, VlanPlan};
 use crate::vring::{ChainError, DeviceRing};
 
 /// Hints the CPU to fetch a cache line we will read soon.
@@ -69,6 +70,37 @@ impl Forwarder<'_> {
     pub fn classify(&self, in_port: u8, eth: &[u8; 12]) -> Result<u64, ChainError> {
         let dst = mac_from_bytes(&eth[0..6]);
         let src = mac_from_bytes(&eth[6..12]);
+        self.learn_and_find(in_port, src, dst, self.snap.present)
+    }
+
+    /// [`Self::classify`] while some port uses VLANs: `eth` is the first 16 bytes (a tag, if
+    /// any, behind the MACs), `len` the frame's length. The frame's VLAN decides where it may
+    /// go and which table entries it learns and finds.
+    #[inline(always)]
+    pub fn classify_vlan(
+        &self,
+        plan: &VlanPlan,
+        in_port: u8,
+        eth: &[u8; 16],
+        len: usize,
+    ) -> Result<(u64, Ingress), ChainError> {
+        let ingress = plan.ingress(in_port, eth, len)?;
+        let dst = vlan_key(mac_from_bytes(&eth[0..6]), ingress.vlan);
+        let src = vlan_key(mac_from_bytes(&eth[6..12]), ingress.vlan);
+        let reach = plan.members(ingress.vlan) & self.snap.present;
+        Ok((self.learn_and_find(in_port, src, dst, reach)?, ingress))
+    }
+
+    /// Learns `src` on `in_port` and returns the ports `dst` goes to among `reach` (table keys:
+    /// plain MACs, or [`vlan_key`]s).
+    #[inline(always)]
+    fn learn_and_find(
+        &self,
+        in_port: u8,
+        src: Mac,
+        dst: Mac,
+        reach: u64,
+    ) -> Result<u64, ChainError> {
         match self.snap.security[in_port as usize].as_deref() {
             None => {
                 if !is_group(src) {
@@ -77,21 +109,23 @@ impl Forwarder<'_> {
             }
             Some(sec) => self.check_source(in_port, src, sec)?,
         }
-        let flood = self.snap.present & !(1u64 << in_port);
+        let flood = reach & !(1u64 << in_port);
         if is_group(dst) {
             return Ok(flood);
         }
         Ok(match self.fdb.lookup(dst) {
             Some(p) if p == in_port => 0,
-            Some(p) => (1u64 << p) & self.snap.present,
+            Some(p) => (1u64 << p) & reach,
             None => flood,
         })
     }
 
     /// Port security: the source must be allowed, and learning it must fit the port's limit.
+    /// `src` is a table key (its MAC in the low 48 bits).
     #[inline(never)]
     fn check_source(&self, in_port: u8, src: Mac, sec: &PortSecurity) -> Result<(), ChainError> {
-        if is_group(src) || (!sec.allowed_macs.is_empty() && !sec.allowed_macs.contains(&src)) {
+        let mac = src & ((1 << 48) - 1);
+        if is_group(mac) || (!sec.allowed_macs.is_empty() && !sec.allowed_macs.contains(&mac)) {
             return Err(ChainError::SpoofedSource);
         }
         match self.fdb.learn(src, in_port, sec.max_macs) {
@@ -162,6 +196,83 @@ impl Forwarder<'_> {
         Ok(())
     }
 
+    /// Learns and decides the destinations of a parsed burst (`hdr_len`: where each frame
+    /// starts). Frames of a burst mostly share their MAC pair, so the previous frame's decision
+    /// is reused when the addresses repeat (learning the same source twice in one burst changes
+    /// nothing). Returns the union of destinations, frames and bytes taken.
+    #[inline(always)]
+    fn classify_burst(&self, port: u8, pkts: &mut [Pkt], hdr_len: usize) -> (u64, u64, u64) {
+        let mut union = 0u64;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        let mut last: Option<([u8; 12], u64)> = None;
+        for p in pkts.iter_mut().filter(|p| p.len > 0) {
+            let mut eth = [0u8; 12];
+            // SAFETY: the segments were validated by `walk` against the memory table the ring
+            // holds alive, and we hold the ring's lock.
+            unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth) };
+            p.dest = match last {
+                Some((prev, dest)) if prev == eth => dest,
+                _ => match self.classify(port, &eth) {
+                    Ok(dest) => {
+                        last = Some((eth, dest));
+                        dest
+                    }
+                    Err(e) => {
+                        self.note_error(port, e);
+                        p.len = 0;
+                        continue;
+                    }
+                },
+            };
+            union |= p.dest;
+            rx_packets += 1;
+            rx_bytes += p.len as u64;
+        }
+        (union, rx_packets, rx_bytes)
+    }
+
+    /// [`Self::classify_burst`] while some port uses VLANs: each frame also gets its VLAN and
+    /// received tag; the shortcut compares the tag too.
+    #[inline(never)]
+    fn classify_burst_vlan(
+        &self,
+        plan: &VlanPlan,
+        port: u8,
+        pkts: &mut [Pkt],
+        hdr_len: usize,
+    ) -> (u64, u64, u64) {
+        let mut union = 0u64;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        let mut last: Option<([u8; 16], u64, Ingress)> = None;
+        for p in pkts.iter_mut().filter(|p| p.len > 0) {
+            let mut eth = [0u8; 16];
+            let have = (p.len as usize).min(16);
+            // SAFETY: as in `classify_burst`; at most the frame's own bytes are read.
+            unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth[..have]) };
+            let (dest, ingress) = match last {
+                Some((prev, dest, ingress)) if prev == eth => (dest, ingress),
+                _ => match self.classify_vlan(plan, port, &eth, p.len as usize) {
+                    Ok((dest, ingress)) => {
+                        last = Some((eth, dest, ingress));
+                        (dest, ingress)
+                    }
+                    Err(e) => {
+                        self.note_error(port, e);
+                        p.len = 0;
+                        continue;
+                    }
+                },
+            };
+            p.dest = dest;
+            p.vlan = ingress.vlan;
+            p.tci = ingress.tci;
+            union |= p.dest;
+            rx_packets += 1;
+            rx_bytes += p.len as u64;
+        }
+        (union, rx_packets, rx_bytes)
+    }
+
     fn poll_vhost(&self, port: u8, queue: &QueueRt, hdr_len: usize, ws: &mut Workspace) -> usize {
         if !queue.maybe_ready() {
             return 0;
@@ -222,35 +333,11 @@ impl Forwarder<'_> {
         } else {
             &mut ws.pkts[..n]
         };
-        // Pass 2: learn and decide destinations. Frames of a burst mostly share their MAC
-        // pair, so the previous frame's decision is reused when the addresses repeat (learning
-        // the same source twice in one burst changes nothing).
-        let mut union = 0u64;
-        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
-        let mut last: Option<([u8; 12], u64)> = None;
-        for p in pkts.iter_mut().filter(|p| p.len > 0) {
-            let mut eth = [0u8; 12];
-            // SAFETY: the segments were validated by `walk` against the memory table the ring
-            // holds alive, and we hold the ring's lock.
-            unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth) };
-            p.dest = match last {
-                Some((prev, dest)) if prev == eth => dest,
-                _ => match self.classify(port, &eth) {
-                    Ok(dest) => {
-                        last = Some((eth, dest));
-                        dest
-                    }
-                    Err(e) => {
-                        self.note_error(port, e);
-                        p.len = 0;
-                        continue;
-                    }
-                },
-            };
-            union |= p.dest;
-            rx_packets += 1;
-            rx_bytes += p.len as u64;
-        }
+        // Pass 2: learn and decide destinations.
+        let (union, rx_packets, rx_bytes) = match self.snap.vlans.as_deref() {
+            None => self.classify_burst(port, pkts, hdr_len),
+            Some(plan) => self.classify_burst_vlan(plan, port, pkts, hdr_len),
+        };
         self.deliver(pkts, union, &mut ws.bufs, ws.pmd_index);
         // Buffers were consumed in avail order; with IN_ORDER one element returns them all.
         match pkts.last() {
@@ -277,6 +364,22 @@ impl Forwarder<'_> {
     /// Delivers parsed frames to every port in `union`.
     #[inline(always)]
     pub fn deliver(&self, pkts: &[Pkt], union: u64, bufs: &mut TxBufs, pmd_index: usize) {
+        match self.snap.vlans.as_deref() {
+            None => self.deliver_to::<false>(pkts, union, bufs, pmd_index, None),
+            Some(plan) => self.deliver_to::<true>(pkts, union, bufs, pmd_index, Some(plan)),
+        }
+    }
+
+    /// [`Self::deliver`], compiled twice: with `VLANS` false no frame is looked at for tags.
+    #[inline(always)]
+    fn deliver_to<const VLANS: bool>(
+        &self,
+        pkts: &[Pkt],
+        union: u64,
+        bufs: &mut TxBufs,
+        pmd_index: usize,
+        plan: Option<&VlanPlan>,
+    ) {
         let mut rest = union;
         while rest != 0 {
             let d = rest.trailing_zeros() as usize;
@@ -285,6 +388,11 @@ impl Forwarder<'_> {
                 continue;
             };
             let bit = 1u64 << d;
+            let out = Egress::<VLANS> {
+                port: port.id,
+                bit,
+                plan,
+            };
             match &port.out {
                 PortOut::Vhost {
                     hdr_len,
@@ -295,31 +403,24 @@ impl Forwarder<'_> {
                         hdr_len: *hdr_len,
                         mrg_rxbuf: *mrg_rxbuf,
                     };
-                    self.deliver_vhost(
-                        port.id,
-                        format,
-                        rx_ring_of(to_guest, pmd_index),
-                        pkts,
-                        bit,
-                        bufs,
-                    )
+                    self.deliver_vhost(out, format, rx_ring_of(to_guest, pmd_index), pkts, bufs)
                 }
-                PortOut::Tap(tap) => self.deliver_tap(port.id, tap, pkts, bit, bufs),
+                PortOut::Tap(tap) => self.deliver_tap(out, tap, pkts, bufs),
             }
         }
     }
 
-    /// Delivers the frames of `pkts` addressed to `bit` into `queue` (None: the port has no rx
+    /// Delivers the frames of `pkts` addressed to `out` into `queue` (None: the port has no rx
     /// ring running).
-    fn deliver_vhost(
+    fn deliver_vhost<const VLANS: bool>(
         &self,
-        port: u8,
+        out: Egress<'_, VLANS>,
         format: RxFormat,
         queue: Option<&QueueRt>,
         pkts: &[Pkt],
-        bit: u64,
         bufs: &mut TxBufs,
     ) {
+        let (port, bit) = (out.port, out.bit);
         let pc = &self.counters.ports[port as usize];
         let Some(queue) = queue else {
             pc.dropped(
@@ -347,15 +448,25 @@ impl Forwarder<'_> {
             ring: &mut ring,
             format,
         };
+        let TxBufs {
+            rx,
+            offload: scratch,
+            edit,
+            ..
+        } = bufs;
         let (mut sent, mut bytes) = (0u64, 0u64);
         let mut dropped = [0u64; TxDrop::COUNT];
         for p in pkts.iter().filter(|p| p.dest & bit != 0) {
+            let Some(frame) = out.frame(p, edit) else {
+                dropped[TxDrop::RxBufferTooSmall as usize] += 1;
+                continue;
+            };
             let vnet = if p.needs == 0 {
                 &NO_OFFLOADS
             } else if p.needs & !caps == 0 {
-                &p.vnet
+                &frame.vnet
             } else {
-                let (s, b, d) = self.deliver_fallback(port, &mut target, p, bufs);
+                let (s, b, d) = self.deliver_fallback(port, &mut target, &frame, rx, scratch);
                 sent += s;
                 bytes += b;
                 if let Some(d) = d {
@@ -363,15 +474,10 @@ impl Forwarder<'_> {
                 }
                 continue;
             };
-            let frame = FrameRef {
-                segs: &p.segs,
-                off: p.off as usize,
-                len: p.len as usize,
-            };
-            match target.enqueue(frame, vnet, &mut bufs.rx) {
+            match target.enqueue(frame.bytes, vnet, rx) {
                 Ok(()) => {
                     sent += 1;
-                    bytes += p.len as u64;
+                    bytes += frame.bytes.len as u64;
                 }
                 Err(EnqueueError::NoBuffer) => dropped[TxDrop::NoRxBuffer as usize] += 1,
                 Err(EnqueueError::TooBig) => dropped[TxDrop::RxBufferTooSmall as usize] += 1,
@@ -392,6 +498,70 @@ impl Forwarder<'_> {
         for (why, n) in TxDrop::ALL.iter().zip(dropped) {
             pc.dropped(*why, n);
         }
+    }
+}
+
+/// One destination of a burst: its port id and bit, and with `VLANS` the plan that says what
+/// leaving through it does to each frame's tag.
+#[derive(Clone, Copy)]
+pub(super) struct Egress<'a, const VLANS: bool> {
+    pub port: u8,
+    pub bit: u64,
+    pub plan: Option<&'a VlanPlan>,
+}
+
+/// A frame as it leaves through one port: its bytes and its offload header.
+pub(super) struct OutFrame<'a> {
+    pub bytes: FrameRef<'a>,
+    /// The source's offload fields, moved by the tag's 4 bytes if one was pushed or popped.
+    pub vnet: offload::VnetHdr,
+}
+
+impl<const VLANS: bool> Egress<'_, VLANS> {
+    /// `p` as it leaves through this port: as it came, or (with VLANs) laid out in `edit` with
+    /// its tag pushed, popped or rewritten. None when its segments do not fit the edit list.
+    #[inline(always)]
+    pub fn frame<'f>(&self, p: &'f Pkt, edit: &'f mut EditBuf) -> Option<OutFrame<'f>> {
+        let same = OutFrame {
+            bytes: FrameRef {
+                segs: &p.segs,
+                off: p.off as usize,
+                len: p.len as usize,
+            },
+            vnet: p.vnet,
+        };
+        if !VLANS {
+            return Some(same);
+        }
+        let Some(plan) = self.plan else {
+            return Some(same);
+        };
+        let change = plan.egress(
+            self.port,
+            Ingress {
+                vlan: p.vlan,
+                tci: p.tci,
+            },
+        );
+        if change == Edit::Keep {
+            return Some(same);
+        }
+        // SAFETY: `p.segs` was validated by the source ring's walk (or is a TAP's own buffer)
+        // and the caller holds what keeps it mapped; a pop or rewrite only happens to frames
+        // that arrived with a tag.
+        let len = unsafe { edit.lay_out(p.segs.segs(), p.off as usize, p.len as usize, change) }?;
+        let mut vnet = p.vnet;
+        if p.needs != 0 {
+            offload::shift_headers(&mut vnet, change.delta());
+        }
+        Some(OutFrame {
+            bytes: FrameRef {
+                segs: &edit.segs,
+                off: 0,
+                len,
+            },
+            vnet,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use super::queue::QueueRt;
 use crate::fdb::Mac;
 use crate::limits::{Limits, MAX_PORTS};
 use crate::tap::TapRt;
+use crate::vlan::VlanPlan;
 
 /// Port security (OVS NORMAL has none by default, and neither does a port here unless set).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,6 +71,9 @@ pub struct PmdSnapshot {
     pub rxqs: Vec<RxqRt>,
     /// Port security per port id (None: open, the default).
     pub security: Vec<Option<Arc<PortSecurity>>>,
+    /// VLANs of every port; None while every port is untagged (the data path then takes no
+    /// VLAN step).
+    pub vlans: Option<Arc<VlanPlan>>,
     pub limits: Limits,
 }
 
@@ -80,6 +84,7 @@ impl PmdSnapshot {
             present: 0,
             rxqs: Vec::new(),
             security: (0..MAX_PORTS).map(|_| None).collect(),
+            vlans: None,
             limits: Limits::default(),
         }
     }

@@ -1,7 +1,7 @@
 //! Forwarding to and from TAP ports: a poll reads up to a burst of frames from the TAP and
 //! forwards them like a guest's burst; frames for a TAP are written to it one by one.
 
-use super::forward::Forwarder;
+use super::forward::{Egress, Forwarder};
 use super::workspace::{Pkt, TxBufs, Workspace};
 use crate::limits::BURST;
 use crate::offload::{self, NO_OFFLOADS};
@@ -51,10 +51,33 @@ impl Forwarder<'_> {
                 too_long += 1;
                 continue;
             }
-            let mut eth = [0u8; 12];
-            // SAFETY: a read frame has at least the header and 14 bytes, written into our slot.
-            unsafe { std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12) };
-            p.dest = match self.classify(port, &eth) {
+            // The TAP's own reads are per frame, so a per-frame VLAN branch costs nothing here.
+            let decided = match self.snap.vlans.as_deref() {
+                None => {
+                    let mut eth = [0u8; 12];
+                    // SAFETY: a read frame has at least the header and 14 bytes, written into
+                    // our slot.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), 12)
+                    };
+                    self.classify(port, &eth)
+                }
+                Some(plan) => {
+                    let mut eth = [0u8; 16];
+                    let have = (p.len as usize).min(16);
+                    // SAFETY: as above; at most the frame's own bytes are read.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(slot.add(TAP_HDR_LEN), eth.as_mut_ptr(), have)
+                    };
+                    self.classify_vlan(plan, port, &eth, p.len as usize)
+                        .map(|(dest, ingress)| {
+                            p.vlan = ingress.vlan;
+                            p.tci = ingress.tci;
+                            dest
+                        })
+                }
+            };
+            p.dest = match decided {
                 Ok(dest) => dest,
                 Err(e) => {
                     self.note_error(port, e);
@@ -81,41 +104,42 @@ impl Forwarder<'_> {
         n
     }
 
-    /// Writes the frames of `pkts` addressed to `bit` to the TAP.
-    pub(super) fn deliver_tap(
+    /// Writes the frames of `pkts` addressed to `out` to the TAP.
+    pub(super) fn deliver_tap<const VLANS: bool>(
         &self,
-        port: u8,
+        out: Egress<'_, VLANS>,
         tap: &TapRt,
         pkts: &[Pkt],
-        bit: u64,
         bufs: &mut TxBufs,
     ) {
         let mut hdr = [0u8; TAP_HDR_LEN];
         let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
         let mut writer = tap.writer();
-        for p in pkts.iter().filter(|p| p.dest & bit != 0) {
+        let TxBufs { linear, edit, .. } = bufs;
+        for p in pkts.iter().filter(|p| p.dest & out.bit != 0) {
+            let Some(frame) = out.frame(p, edit) else {
+                dropped += 1;
+                continue;
+            };
             // The kernel completes checksums and segments what we write (num_buffers is
             // unused).
-            hdr[..10].copy_from_slice(if p.needs == 0 { &NO_OFFLOADS } else { &p.vnet });
-            // SAFETY: validated guest segments (or a TAP's own buffer), kept mapped by the
-            // caller's hold on the source ring.
-            let ok = unsafe {
-                writer.write(
-                    &hdr,
-                    p.segs.segs(),
-                    p.off as usize,
-                    p.len as usize,
-                    &mut bufs.linear,
-                )
-            };
+            hdr[..10].copy_from_slice(if p.needs == 0 {
+                &NO_OFFLOADS
+            } else {
+                &frame.vnet
+            });
+            let f = frame.bytes;
+            // SAFETY: validated guest segments (or a TAP's own buffer, or a tag edit of either),
+            // kept mapped by the caller's hold on the source ring.
+            let ok = unsafe { writer.write(&hdr, f.segs.segs(), f.off, f.len, linear) };
             if ok {
                 sent += 1;
-                bytes += p.len as u64;
+                bytes += f.len as u64;
             } else {
                 dropped += 1;
             }
         }
-        let pc = &self.counters.ports[port as usize];
+        let pc = &self.counters.ports[out.port as usize];
         pc.tx_packets.add(sent);
         pc.tx_bytes.add(bytes);
         pc.dropped(TxDrop::TapWriteFailed, dropped);

@@ -146,6 +146,9 @@ pub mod net {
     pub const VIRTIO_NET_HDR_MRG_RXBUF_LEN: usize = 12;
     /// Offset of `num_buffers` (u16) in the 12-byte header.
     pub const NUM_BUFFERS_OFFSET: usize = 10;
+    /// Offsets of `hdr_len` and `csum_start` (u16 each).
+    pub const HDR_LEN_OFFSET: usize = 2;
+    pub const CSUM_START_OFFSET: usize = 6;
 
     /// `flags`: the checksum at csum_start + csum_offset is still to be computed.
     pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
