@@ -9,6 +9,9 @@
 # Kernel command line understood by /init:
 #   sy.ip=ADDR/LEN      address of eth0 (sy.ip1=, sy.ip2=, sy.ip3= for eth1..eth3)
 #   sy.mtu=N            MTU of every configured interface
+#   sy.vlan=VID:ADDR/LEN[,VID:ADDR/LEN...]
+#                       802.1Q interfaces eth0.VID on eth0 with those addresses (eth0 itself
+#                       is brought up, with sy.ip= or without an address)
 #   sy.run="CMD ARGS"   command run by /bin/sh after the ready marker; then the guest powers off
 #                       (without sy.run: an interactive shell on the console)
 #   sy.quiet=1          no module/interface chatter
@@ -87,7 +90,7 @@ add_module() { # $1 = path relative to $moddir as in modules.dep
     for dep in $deps; do add_module "$dep"; done
     order+=("$rel")
 }
-for name in virtio virtio_ring virtio_pci virtio_net failover net_failover pktgen; do
+for name in virtio virtio_ring virtio_pci virtio_net failover net_failover pktgen 8021q; do
     rel=$(awk -F: -v n="$name" '{ f = $1; sub(/.*\//, "", f); sub(/\.ko(\.(xz|zst|gz))?$/, "", f);
         if (f == n) { print $1; exit } }' "$moddir/modules.dep")
     [[ -n $rel ]] || die "module $name is not in $pkg (built in?)"
@@ -155,7 +158,7 @@ awk '{ s = $0
     else { match(s, /^[^ ]+/); tok = substr(s, 1, RLENGTH) }
     s = substr(s, RLENGTH + 1); gsub(/"/, "", tok); print tok
   } }' /proc/cmdline >/tmp/cmdline
-ip0= ip1= ip2= ip3= mtu= run= quiet= has_run=
+ip0= ip1= ip2= ip3= mtu= run= quiet= has_run= vlans=
 while IFS= read -r tok; do
     case $tok in
     sy.ip=*) ip0=${tok#*=} ;;
@@ -163,6 +166,7 @@ while IFS= read -r tok; do
     sy.ip2=*) ip2=${tok#*=} ;;
     sy.ip3=*) ip3=${tok#*=} ;;
     sy.mtu=*) mtu=${tok#*=} ;;
+    sy.vlan=*) vlans=${tok#*=} ;;
     sy.run=*) run=${tok#*=}; has_run=1 ;;
     sy.quiet=*) quiet=1 ;;
     esac
@@ -185,6 +189,18 @@ for addr in "$ip0" "$ip1" "$ip2" "$ip3"; do
     ip link set $dev up
     say "$dev $addr $(cat /sys/class/net/$dev/address)"
 done
+if [ -n "$vlans" ]; then
+    n=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    ip link set eth0 up
+    for v in $(echo "$vlans" | tr ',' ' '); do
+        vid=${v%%:*} addr=${v#*:}
+        ip link add link eth0 name eth0.$vid type vlan id "$vid" || echo "init: no VLAN $vid"
+        ip addr add "$addr" dev eth0.$vid
+        ip link set eth0.$vid up
+        say "eth0.$vid $addr"
+    done
+fi
 echo "SWITCHYARD-READY kernel=$(uname -r) ip=${ip0:-none} mac=$(cat /sys/class/net/eth0/address 2>/dev/null || echo none)"
 if [ -n "$has_run" ]; then
     sh -c "$run"

@@ -10,6 +10,20 @@ use crate::process::{read_lossy, run_to_completion, Finished, Invocation, Proces
 /// The emulator the script runs (the tests skip when it is missing).
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
+/// The Linux guest image (`$SWITCHYARD_GUEST_IMAGE` or `guest-image/`), which must exist.
+pub fn guest_image() -> PathBuf {
+    let image = std::env::var_os("SWITCHYARD_GUEST_IMAGE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("guest-image"));
+    assert!(
+        image.join("vmlinux").exists() && image.join("initramfs.cpio.gz").exists(),
+        "no guest image in {} (scripts/setup.sh builds it)",
+        image.display()
+    );
+    image
+}
+
 /// `scripts/qemu-guest.sh` with the flags a test gives.
 pub struct QemuBuilder {
     dir: PathBuf,

@@ -73,6 +73,12 @@ impl VswitchBuilder {
         self
     }
 
+    /// Any other `vswitch run` flag with its value, e.g. `("--tag", "vm1:10")`.
+    pub fn flag(mut self, flag: &str, value: &str) -> Self {
+        self.run.flag(flag, value);
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.run.env(key, value);
         self

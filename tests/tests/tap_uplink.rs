@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use switchyard_tests::netns::{run_ok, Netns};
 use switchyard_tests::process::{read_lossy, Process};
-use switchyard_tests::qemu::{Qemu, QEMU_BINARY};
+use switchyard_tests::qemu::{guest_image, Qemu, QEMU_BINARY};
 use switchyard_tests::vmm::Vmm;
 use switchyard_tests::vswitch::{socket_in, Vswitch};
 use switchyard_tests::{
@@ -186,20 +186,6 @@ fn receiver_mbps(out: &str) -> Option<(f64, String)> {
         _ => return None,
     };
     Some((v * scale, line.trim().to_string()))
-}
-
-/// The Linux guest image (`$SWITCHYARD_GUEST_IMAGE` or `guest-image/`), which must exist.
-fn guest_image() -> PathBuf {
-    let image = std::env::var_os("SWITCHYARD_GUEST_IMAGE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("guest-image"));
-    assert!(
-        image.join("vmlinux").exists() && image.join("initramfs.cpio.gz").exists(),
-        "no guest image in {} (scripts/setup.sh builds it)",
-        image.display()
-    );
-    image
 }
 
 /// The Linux guest under QEMU (scripts/qemu-guest.sh) as 10.0.0.3 on port `lin`, running `run`
