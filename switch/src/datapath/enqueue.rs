@@ -4,6 +4,7 @@ use virtio_spec::net::{NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MR
 
 use crate::offload::VnetHdr;
 use crate::sg::{self, SegList};
+use crate::vlan::{Edit, TAG_LEN, TPID_8021Q};
 use crate::vring::{ChainError, DeviceRing};
 
 /// The virtio-net header form a destination negotiated.
@@ -29,6 +30,103 @@ pub struct FrameRef<'a> {
     pub segs: &'a SegList,
     pub off: usize,
     pub len: usize,
+}
+
+/// A frame's bytes as a destination gets them: [`FrameRef`] as they are, or [`TagEdited`] with
+/// a VLAN tag pushed, popped or rewritten on the way. [`RxTarget::enqueue`] is compiled for
+/// each, so frames without edits take exactly the plain copy.
+pub trait FrameBytes: Copy {
+    /// Length as the destination gets it.
+    fn len(&self) -> usize;
+    /// Copies bytes `from..from + n` of the frame to `dst` at `dst_off`.
+    ///
+    /// # Safety
+    /// As for [`sg::copy`]: the frame's segments readable, `dst`'s writable, for their lengths.
+    unsafe fn copy_out(&self, from: usize, dst: &[sg::Seg], dst_off: usize, n: usize);
+}
+
+impl FrameBytes for FrameRef<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    unsafe fn copy_out(&self, from: usize, dst: &[sg::Seg], dst_off: usize, n: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { sg::copy(self.segs.segs(), self.off + from, dst, dst_off, n) };
+    }
+}
+
+/// A frame with its bytes 12.. changed: `tag[..tag_len]` inserted after the MACs, and `skip`
+/// bytes of the original (an old tag) left out there. Push: tag 4, skip 0; pop: 0, 4;
+/// rewrite: 4, 4.
+#[derive(Clone, Copy)]
+pub struct TagEdited<'a> {
+    pub frame: FrameRef<'a>,
+    pub tag: [u8; 4],
+    pub tag_len: usize,
+    pub skip: usize,
+}
+
+impl<'a> TagEdited<'a> {
+    /// `frame` after `edit`; None for [`Edit::Keep`].
+    #[inline(always)]
+    pub fn new(frame: FrameRef<'a>, edit: Edit) -> Option<Self> {
+        let tag = |tci: u16| {
+            let [t0, t1] = TPID_8021Q.to_be_bytes();
+            let [c0, c1] = tci.to_be_bytes();
+            [t0, t1, c0, c1]
+        };
+        let (tag, tag_len, skip) = match edit {
+            Edit::Keep => return None,
+            Edit::Push(tci) => (tag(tci), TAG_LEN, 0),
+            Edit::Pop => ([0; 4], 0, TAG_LEN),
+            Edit::Retag(tci) => (tag(tci), TAG_LEN, TAG_LEN),
+        };
+        Some(TagEdited {
+            frame,
+            tag,
+            tag_len,
+            skip,
+        })
+    }
+}
+
+impl FrameBytes for TagEdited<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.frame.len + self.tag_len - self.skip
+    }
+
+    #[inline(always)]
+    unsafe fn copy_out(&self, from: usize, dst: &[sg::Seg], dst_off: usize, n: usize) {
+        const MACS: usize = 12;
+        let end = from + n;
+        let (mut at, mut out) = (from, dst_off);
+        if at < MACS {
+            let k = end.min(MACS) - at;
+            // SAFETY: the caller's contract; bytes below 12 are the original's.
+            unsafe { self.frame.copy_out(at, dst, out, k) };
+            at += k;
+            out += k;
+        }
+        let tag_end = MACS + self.tag_len;
+        if at < end && at < tag_end {
+            let k = end.min(tag_end) - at;
+            // SAFETY: `dst` as the caller vouches; the tag is our own bytes.
+            unsafe { sg::write(dst, out, &self.tag[at - MACS..at - MACS + k]) };
+            at += k;
+            out += k;
+        }
+        if at < end {
+            // SAFETY: the caller's contract; the rest is the original's, `skip` bytes later.
+            unsafe {
+                self.frame
+                    .copy_out(at - self.tag_len + self.skip, dst, out, end - at)
+            };
+        }
+    }
 }
 
 /// Lists the rx chains of one frame are walked into: its first buffer, then each following
@@ -58,17 +156,13 @@ impl RxTarget<'_> {
     #[inline(always)]
     pub fn enqueue(
         &mut self,
-        frame: FrameRef<'_>,
+        frame: impl FrameBytes,
         vnet: &VnetHdr,
         chains: &mut RxChains,
     ) -> Result<(), EnqueueError> {
         let ring = &mut *self.ring;
         let RxFormat { hdr_len, mrg_rxbuf } = self.format;
-        let FrameRef {
-            segs: src,
-            off: src_off,
-            len,
-        } = frame;
+        let len = frame.len();
         let RxChains { first, cur } = chains;
         if ring.ready() == 0 && ring.refresh_avail().unwrap_or(0) == 0 {
             return Err(EnqueueError::NoBuffer);
@@ -95,7 +189,7 @@ impl RxTarget<'_> {
             // walk of the source ring, whose lock the caller holds. Lengths were checked above.
             unsafe {
                 sg::write_unless_equal(first.segs(), 0, &hdr[..hdr_len]);
-                sg::copy(src.segs(), src_off, first.segs(), hdr_len, len);
+                frame.copy_out(0, first.segs(), hdr_len, len);
             }
             ring.advance();
             ring.push_used(head, (hdr_len + len) as u32);
@@ -110,7 +204,7 @@ impl RxTarget<'_> {
         // SAFETY: as above; `chunk` fits after the header in this buffer.
         unsafe {
             sg::write_unless_equal(first.segs(), 0, &hdr[..hdr_len]);
-            sg::copy(src.segs(), src_off, first.segs(), hdr_len, chunk);
+            frame.copy_out(0, first.segs(), hdr_len, chunk);
         }
         ring.advance();
         ring.push_used(head, (hdr_len + chunk) as u32);
@@ -131,7 +225,7 @@ impl RxTarget<'_> {
                     let c = (len - done).min(cap as usize);
                     // SAFETY: as above; `c` fits in this buffer and in what is left of the
                     // source.
-                    unsafe { sg::copy(src.segs(), src_off + done, cur.segs(), 0, c) };
+                    unsafe { frame.copy_out(done, cur.segs(), 0, c) };
                     ring.advance();
                     ring.push_used(head, c as u32);
                     done += c;
@@ -153,5 +247,70 @@ impl RxTarget<'_> {
             unsafe { sg::write(first.segs(), NUM_BUFFERS_OFFSET, &bufs.to_le_bytes()) };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(bufs: &mut [Vec<u8>]) -> SegList {
+        let mut l = SegList::default();
+        for b in bufs.iter_mut() {
+            l.push(b.as_mut_ptr(), b.len() as u32);
+        }
+        l
+    }
+
+    #[test]
+    fn tag_edits_copy_in_any_pieces_into_any_buffers() {
+        let frame: Vec<u8> = (0..64u8).collect();
+        let mut with_tag = frame[..12].to_vec();
+        with_tag.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+        with_tag.extend_from_slice(&frame[12..]);
+        // The source split across three segments, one boundary inside the MACs, one inside
+        // the tag.
+        let cases: [(&[u8], Edit, Vec<u8>); 3] = [
+            (&frame, Edit::Push(10), with_tag.clone()),
+            (&with_tag, Edit::Pop, frame.clone()),
+            (&with_tag, Edit::Retag(0x2014), {
+                let mut r = with_tag.clone();
+                r[14..16].copy_from_slice(&[0x20, 0x14]);
+                r
+            }),
+        ];
+        for (src, edit, want) in cases {
+            let mut src_bufs = vec![src[..5].to_vec(), src[5..14].to_vec(), src[14..].to_vec()];
+            let src_list = list(&mut src_bufs);
+            let plain = FrameRef {
+                segs: &src_list,
+                off: 0,
+                len: src.len(),
+            };
+            let edited = TagEdited::new(plain, edit).unwrap();
+            assert_eq!(edited.len(), want.len(), "{edit:?}");
+            for piece in [1, 3, 7, 16, 100] {
+                let mut dst_bufs = vec![vec![0u8; 11], vec![0u8; 6], vec![0u8; 80]];
+                let dst = list(&mut dst_bufs);
+                let mut done = 0;
+                while done < want.len() {
+                    let n = piece.min(want.len() - done);
+                    // SAFETY: our own buffers, alive for the call.
+                    unsafe { edited.copy_out(done, dst.segs(), done, n) };
+                    done += n;
+                }
+                let got: Vec<u8> = dst_bufs.concat()[..want.len()].to_vec();
+                assert_eq!(got, want, "{edit:?} in pieces of {piece}");
+            }
+        }
+        assert!(TagEdited::new(
+            FrameRef {
+                segs: &SegList::default(),
+                off: 0,
+                len: 0
+            },
+            Edit::Keep
+        )
+        .is_none());
     }
 }

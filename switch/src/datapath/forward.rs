@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::enqueue::{EnqueueError, FrameRef, RxFormat, RxTarget};
+use super::enqueue::{EnqueueError, FrameBytes, FrameRef, RxFormat, RxTarget, TagEdited};
 use super::queue::QueueRt;
 use super::snapshot::{PmdSnapshot, PortOut, PortSecurity, RxSource, RxqRt};
 use super::workspace::{EditBuf, Pkt, TxBufs, Workspace};
@@ -243,17 +243,19 @@ impl Forwarder<'_> {
     ) -> (u64, u64, u64) {
         let mut union = 0u64;
         let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
-        let mut last: Option<([u8; 16], u64, Ingress)> = None;
+        // The first 16 bytes as one integer: compared without a call to memcmp.
+        let mut last: Option<(u128, u64, Ingress)> = None;
         for p in pkts.iter_mut().filter(|p| p.len > 0) {
             let mut eth = [0u8; 16];
             let have = (p.len as usize).min(16);
             // SAFETY: as in `classify_burst`; at most the frame's own bytes are read.
             unsafe { sg::read(p.segs.segs(), hdr_len, &mut eth[..have]) };
+            let key = u128::from_ne_bytes(eth);
             let (dest, ingress) = match last {
-                Some((prev, dest, ingress)) if prev == eth => (dest, ingress),
+                Some((prev, dest, ingress)) if prev == key => (dest, ingress),
                 _ => match self.classify_vlan(plan, port, &eth, p.len as usize) {
                     Ok((dest, ingress)) => {
-                        last = Some((eth, dest, ingress));
+                        last = Some((key, dest, ingress));
                         (dest, ingress)
                     }
                     Err(e) => {
@@ -456,17 +458,30 @@ impl Forwarder<'_> {
         } = bufs;
         let (mut sent, mut bytes) = (0u64, 0u64);
         let mut dropped = [0u64; TxDrop::COUNT];
+        let mut shifted;
         for p in pkts.iter().filter(|p| p.dest & bit != 0) {
-            let Some(frame) = out.frame(p, edit) else {
-                dropped[TxDrop::RxBufferTooSmall as usize] += 1;
-                continue;
+            // Without VLANs this is `Edit::Keep` at compile time and every edit branch goes.
+            let change = out.change(p);
+            let plain = FrameRef {
+                segs: &p.segs,
+                off: p.off as usize,
+                len: p.len as usize,
             };
             let vnet = if p.needs == 0 {
                 &NO_OFFLOADS
             } else if p.needs & !caps == 0 {
-                &frame.vnet
+                if change == Edit::Keep {
+                    &p.vnet
+                } else {
+                    shifted = p.vnet;
+                    offload::shift_headers(&mut shifted, change.delta());
+                    &shifted
+                }
             } else {
-                let (s, b, d) = self.deliver_fallback(port, &mut target, &frame, rx, scratch);
+                let (s, b, d) = match out.frame(p, edit) {
+                    Some(frame) => self.deliver_fallback(port, &mut target, &frame, rx, scratch),
+                    None => (0, 0, Some(TxDrop::RxBufferTooSmall)),
+                };
                 sent += s;
                 bytes += b;
                 if let Some(d) = d {
@@ -474,10 +489,14 @@ impl Forwarder<'_> {
                 }
                 continue;
             };
-            match target.enqueue(frame.bytes, vnet, rx) {
+            let (r, len) = match TagEdited::new(plain, change) {
+                None => (target.enqueue(plain, vnet, rx), plain.len),
+                Some(edited) => (target.enqueue(edited, vnet, rx), edited.len()),
+            };
+            match r {
                 Ok(()) => {
                     sent += 1;
-                    bytes += frame.bytes.len as u64;
+                    bytes += len as u64;
                 }
                 Err(EnqueueError::NoBuffer) => dropped[TxDrop::NoRxBuffer as usize] += 1,
                 Err(EnqueueError::TooBig) => dropped[TxDrop::RxBufferTooSmall as usize] += 1,
@@ -518,8 +537,24 @@ pub(super) struct OutFrame<'a> {
 }
 
 impl<const VLANS: bool> Egress<'_, VLANS> {
-    /// `p` as it leaves through this port: as it came, or (with VLANs) laid out in `edit` with
-    /// its tag pushed, popped or rewritten. None when its segments do not fit the edit list.
+    /// What leaving through this port does to `p`'s tag (always `Keep` without VLANs).
+    #[inline(always)]
+    pub fn change(&self, p: &Pkt) -> Edit {
+        match self.plan {
+            Some(plan) if VLANS => plan.egress(
+                self.port,
+                Ingress {
+                    vlan: p.vlan,
+                    tci: p.tci,
+                },
+            ),
+            _ => Edit::Keep,
+        }
+    }
+
+    /// `p` as it leaves through this port, as one segment list: as it came, or (with VLANs)
+    /// laid out in `edit` with its tag pushed, popped or rewritten (for TAP writes and the
+    /// offload fallback). None when its segments do not fit the edit list.
     #[inline(always)]
     pub fn frame<'f>(&self, p: &'f Pkt, edit: &'f mut EditBuf) -> Option<OutFrame<'f>> {
         let same = OutFrame {
@@ -530,19 +565,7 @@ impl<const VLANS: bool> Egress<'_, VLANS> {
             },
             vnet: p.vnet,
         };
-        if !VLANS {
-            return Some(same);
-        }
-        let Some(plan) = self.plan else {
-            return Some(same);
-        };
-        let change = plan.egress(
-            self.port,
-            Ingress {
-                vlan: p.vlan,
-                tci: p.tci,
-            },
-        );
+        let change = self.change(p);
         if change == Edit::Keep {
             return Some(same);
         }
