@@ -8,7 +8,6 @@
 //! Skipped (with `SKIPPED:`) only when root, /dev/net/tun, `ip`, /dev/kvm (vmm guests) or
 //! qemu-system-x86_64 (the Linux guest) is missing.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use switchyard_tests::netns::{run_ok, Netns};
@@ -16,9 +15,7 @@ use switchyard_tests::process::{read_lossy, Process};
 use switchyard_tests::qemu::{guest_image, Qemu, QEMU_BINARY};
 use switchyard_tests::vmm::Vmm;
 use switchyard_tests::vswitch::{socket_in, Vswitch};
-use switchyard_tests::{
-    has_kvm, has_program, has_tun, is_root, repo_root, skip_unless, wait_until, Scratch,
-};
+use switchyard_tests::{has_kvm, has_program, has_tun, is_root, skip_unless, wait_until, Scratch};
 
 /// The namespace's address on the TAP; guests are 10.0.0.1..
 const NS_IP: &str = "10.0.0.100";

@@ -38,6 +38,10 @@ pub struct FrameRef<'a> {
 pub trait FrameBytes: Copy {
     /// Length as the destination gets it.
     fn len(&self) -> usize;
+    /// True for a frame of no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Copies bytes `from..from + n` of the frame to `dst` at `dst_off`.
     ///
     /// # Safety
