@@ -152,29 +152,44 @@ pub enum Parsed {
     Foreign,
 }
 
-/// Parses and verifies a received frame.
+/// Parses and verifies a received frame (with or without one 802.1Q tag after the MACs, as a
+/// trunk port delivers it).
 #[inline]
 pub fn parse(frame: &[u8]) -> Parsed {
-    if frame.len() < PATTERN_OFF
-        || frame[12..14] != [0x08, 0x00]
-        || frame[UDP_OFF + 2..UDP_OFF + 4] != UDP_DST_PORT.to_be_bytes()
+    if frame.len() >= 18 && frame[12..14] == [0x81, 0x00] {
+        return parse_at(frame, 4);
+    }
+    parse_at(frame, 0)
+}
+
+/// [`parse`] of a frame whose IPv4 header starts `shift` bytes late (after a tag).
+#[inline(always)]
+fn parse_at(frame: &[u8], shift: usize) -> Parsed {
+    let (ip, udp) = (IP_OFF + shift, UDP_OFF + shift);
+    let (seq_off, ts_off, check_off) = (SEQ_OFF + shift, TS_OFF + shift, CHECK_OFF + shift);
+    if frame.len() < PATTERN_OFF + shift
+        || frame[ip - 2..ip] != [0x08, 0x00]
+        || frame[udp + 2..udp + 4] != UDP_DST_PORT.to_be_bytes()
     {
         return Parsed::Foreign;
     }
-    let ip_len = u16::from_be_bytes([frame[IP_OFF + 2], frame[IP_OFF + 3]]) as usize;
-    if ip_len + ETH_LEN != frame.len() {
+    let ip_len = u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]) as usize;
+    if ip_len + ETH_LEN + shift != frame.len() {
         return Parsed::Corrupt;
     }
-    let seq = u64::from_le_bytes(frame[SEQ_OFF..SEQ_OFF + 8].try_into().unwrap());
-    let ts = u64::from_le_bytes(frame[TS_OFF..TS_OFF + 8].try_into().unwrap());
-    let check = u16::from_le_bytes([frame[CHECK_OFF], frame[CHECK_OFF + 1]]);
+    let seq = u64::from_le_bytes(frame[seq_off..seq_off + 8].try_into().unwrap());
+    let ts = u64::from_le_bytes(frame[ts_off..ts_off + 8].try_into().unwrap());
+    let check = u16::from_le_bytes([frame[check_off], frame[check_off + 1]]);
     if check != check_word(seq, ts) {
         return Parsed::Corrupt;
     }
-    if frame.len() > MAX_LEN || frame[PATTERN_OFF..] != PATTERN[PATTERN_OFF..frame.len()] {
+    let untagged_len = frame.len() - shift;
+    if untagged_len > MAX_LEN
+        || frame[PATTERN_OFF + shift..] != PATTERN[PATTERN_OFF..untagged_len]
+    {
         return Parsed::Corrupt;
     }
-    let tag = u16::from_be_bytes([frame[IP_OFF + 4], frame[IP_OFF + 5]]);
+    let tag = u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]);
     Parsed::Ok { tag, seq, ts }
 }
 
@@ -201,6 +216,22 @@ pub fn learning_frame(src: Mac, dst: Mac) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_with_an_8021q_tag_parses_as_without() {
+        let t = FrameTemplate::new(128, port_mac(0), port_mac(1), 3, 17);
+        let mut buf = vec![0u8; 2048];
+        let n = t.write_stamped(&mut buf, 42, 1234);
+        let plain = parse(&buf[..n]);
+        assert!(matches!(plain, Parsed::Ok { seq: 42, .. }), "{plain:?}");
+        let mut tagged = buf[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+        tagged.extend_from_slice(&buf[12..n]);
+        assert_eq!(parse(&tagged), plain);
+        let last = tagged.len() - 1;
+        tagged[last] ^= 1;
+        assert_eq!(parse(&tagged), Parsed::Corrupt);
+    }
 
     #[test]
     fn sizes_and_round_trip() {

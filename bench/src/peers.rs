@@ -17,14 +17,20 @@ pub enum SwitchKind {
     OvsDpdk,
     /// `dpdk-testpmd` io forwarding (no lookup: a ceiling).
     Testpmd,
+    /// `vswitch` with VLANs: p0 an access port of VLAN 10, p1 a trunk of VLAN 10, so every
+    /// frame from p0 to p1 has a tag pushed: the cost of tagging, beside `vswitch` untagged.
+    /// Measured one way by pktgen only (which reads tagged frames; what is sent into the trunk
+    /// would need tags).
+    VswitchVlan,
 }
 
 impl SwitchKind {
     /// All kinds in table order.
-    pub const ALL: [SwitchKind; 3] = [
+    pub const ALL: [SwitchKind; 4] = [
         SwitchKind::Vswitch,
         SwitchKind::OvsDpdk,
         SwitchKind::Testpmd,
+        SwitchKind::VswitchVlan,
     ];
 
     /// Name in tables and JSON.
@@ -33,6 +39,7 @@ impl SwitchKind {
             SwitchKind::Vswitch => "vswitch",
             SwitchKind::OvsDpdk => "ovs-dpdk",
             SwitchKind::Testpmd => "testpmd",
+            SwitchKind::VswitchVlan => "vswitch-vlan",
         }
     }
 
@@ -186,7 +193,7 @@ pub fn check_available(kind: SwitchKind, cfg: &PeerConfig) -> Result<(), PeerErr
         }
     };
     match kind {
-        SwitchKind::Vswitch => need(
+        SwitchKind::Vswitch | SwitchKind::VswitchVlan => need(
             &cfg.vswitch.display().to_string(),
             "cargo build --release -p switch (or pass --vswitch PATH)",
         ),
@@ -317,7 +324,7 @@ pub fn start_ports(
     };
     let log = dir.join(format!("{}.log", kind.name()));
     match kind {
-        SwitchKind::Vswitch => {
+        SwitchKind::Vswitch | SwitchKind::VswitchVlan => {
             let mut cmd = Command::new(&cfg.vswitch);
             cmd.arg("run")
                 .arg("--pmd-cores")
@@ -332,6 +339,9 @@ pub fn start_ports(
             for (i, sock) in r.socks.iter().enumerate() {
                 cmd.arg("--vhost-user")
                     .arg(format!("p{i}:{}", sock.display()));
+            }
+            if kind == SwitchKind::VswitchVlan {
+                cmd.args(["--tag", "p0:10", "--trunks", "p1:10"]);
             }
             cmd.stdin(Stdio::null())
                 .stdout(log_file(&dir, "vswitch.out")?)

@@ -544,7 +544,7 @@ impl ScaleSession {
 /// Entries in the running switch's MAC table, when its control interface answers.
 fn fdb_entries(running: &Running, vswitch: &Path) -> Option<usize> {
     match running.kind {
-        SwitchKind::Vswitch => {
+        SwitchKind::Vswitch | SwitchKind::VswitchVlan => {
             let out = std::process::Command::new(vswitch)
                 .arg("ctl")
                 .arg("--ctl")
