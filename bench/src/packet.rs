@@ -184,8 +184,7 @@ fn parse_at(frame: &[u8], shift: usize) -> Parsed {
         return Parsed::Corrupt;
     }
     let untagged_len = frame.len() - shift;
-    if untagged_len > MAX_LEN
-        || frame[PATTERN_OFF + shift..] != PATTERN[PATTERN_OFF..untagged_len]
+    if untagged_len > MAX_LEN || frame[PATTERN_OFF + shift..] != PATTERN[PATTERN_OFF..untagged_len]
     {
         return Parsed::Corrupt;
     }

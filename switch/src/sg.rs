@@ -160,7 +160,7 @@ pub unsafe fn copy(src: &[Seg], src_off: usize, dst: &[Seg], dst_off: usize, len
 /// path then produces unspecified bytes in `dst` (only a hostile frontend's own frame), never
 /// an access outside the two ranges.
 #[inline(always)]
-unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
+pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
     if len > 128 {
         // SAFETY: the caller guarantees both ranges; memmove handles overlap.
         unsafe { std::ptr::copy(src, dst, len) };

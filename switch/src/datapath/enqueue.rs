@@ -107,6 +107,30 @@ impl FrameBytes for TagEdited<'_> {
     unsafe fn copy_out(&self, from: usize, dst: &[sg::Seg], dst_off: usize, n: usize) {
         const MACS: usize = 12;
         let end = from + n;
+        // Fast path: the whole frame, from one source segment into one destination segment
+        // (every small frame with simple buffers): the MACs and the tag as one 16-byte head,
+        // then the rest.
+        if let (Some(s), Some(d)) = (self.frame.segs.segs().first(), dst.first()) {
+            let head = MACS + self.tag_len;
+            if from == 0
+                && n == self.len()
+                && n >= head
+                && self.frame.off + self.frame.len <= s.len as usize
+                && dst_off + n <= d.len as usize
+            {
+                let mut bytes = [0u8; 16];
+                // SAFETY: both ranges were just checked to lie inside one segment each, which
+                // the caller vouches for (overlap is tolerated as in `sg::copy`).
+                unsafe {
+                    let (src, out) = (s.ptr.add(self.frame.off), d.ptr.add(dst_off));
+                    sg::copy_bytes(src, bytes.as_mut_ptr(), MACS);
+                    bytes[MACS..MACS + 4].copy_from_slice(&self.tag);
+                    sg::copy_bytes(bytes.as_ptr(), out, head);
+                    sg::copy_bytes(src.add(MACS + self.skip), out.add(head), n - head);
+                }
+                return;
+            }
+        }
         let (mut at, mut out) = (from, dst_off);
         if at < MACS {
             let k = end.min(MACS) - at;
@@ -283,8 +307,16 @@ mod tests {
                 r
             }),
         ];
-        for (src, edit, want) in cases {
-            let mut src_bufs = vec![src[..5].to_vec(), src[5..14].to_vec(), src[14..].to_vec()];
+        for ((src, edit, want), split) in cases
+            .iter()
+            .flat_map(|c| [(c.clone(), true), (c.clone(), false)])
+        {
+            // Split, or in one segment (the fast path, with the whole frame at once below).
+            let mut src_bufs = if split {
+                vec![src[..5].to_vec(), src[5..14].to_vec(), src[14..].to_vec()]
+            } else {
+                vec![src.to_vec()]
+            };
             let src_list = list(&mut src_bufs);
             let plain = FrameRef {
                 segs: &src_list,
@@ -294,7 +326,11 @@ mod tests {
             let edited = TagEdited::new(plain, edit).unwrap();
             assert_eq!(edited.len(), want.len(), "{edit:?}");
             for piece in [1, 3, 7, 16, 100] {
-                let mut dst_bufs = vec![vec![0u8; 11], vec![0u8; 6], vec![0u8; 80]];
+                let mut dst_bufs = if split {
+                    vec![vec![0u8; 11], vec![0u8; 6], vec![0u8; 80]]
+                } else {
+                    vec![vec![0u8; 100]]
+                };
                 let dst = list(&mut dst_bufs);
                 let mut done = 0;
                 while done < want.len() {
