@@ -55,6 +55,10 @@ impl Forwarder<'_> {
         match &rxq.source {
             RxSource::Vhost { queue, hdr_len } => self.poll_vhost(rxq.port, queue, *hdr_len, ws),
             RxSource::Tap(tap) => self.poll_tap(rxq.port, tap, ws),
+            // Capture/mirror hook (copies.rs).
+            RxSource::MirrorOutput { source, counters } => {
+                self.poll_discard(rxq.port, source, counters, ws)
+            }
         }
     }
 
@@ -250,6 +254,10 @@ impl Forwarder<'_> {
             union |= p.dest;
             rx_packets += 1;
             rx_bytes += p.len as u64;
+        }
+        // Capture/mirror hook (copies.rs): one check per burst, nothing else when off.
+        if let Some(copies) = self.snap.copies.as_deref() {
+            union = self.copy_burst(copies, port, pkts, union);
         }
         self.deliver(pkts, union, &mut ws.bufs, ws.pmd_index);
         // Buffers were consumed in avail order; with IN_ORDER one element returns them all.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::queue::QueueRt;
+use crate::capture::{MirrorCounters, PmdCopies};
 use crate::fdb::Mac;
 use crate::limits::{Limits, MAX_PORTS};
 use crate::tap::TapRt;
@@ -54,6 +55,12 @@ pub enum RxSource {
         hdr_len: usize,
     },
     Tap(Arc<TapRt>),
+    /// Capture/mirror hook: the rx queue of a mirror's output port, whose frames are discarded
+    /// (counted in the mirror's `discarded`).
+    MirrorOutput {
+        source: Box<RxSource>,
+        counters: Arc<MirrorCounters>,
+    },
 }
 
 /// One rx queue a PMD polls.
@@ -71,6 +78,9 @@ pub struct PmdSnapshot {
     /// Port security per port id (None: open, the default).
     pub security: Vec<Option<Arc<PortSecurity>>>,
     pub limits: Limits,
+    /// Capture/mirror hook: captures and mirrors (None when there are none: the data path then
+    /// checks this once per burst and does nothing else).
+    pub copies: Option<Arc<PmdCopies>>,
 }
 
 impl PmdSnapshot {
@@ -81,6 +91,7 @@ impl PmdSnapshot {
             rxqs: Vec::new(),
             security: (0..MAX_PORTS).map(|_| None).collect(),
             limits: Limits::default(),
+            copies: None,
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct Pkt {
     pub len: u32,
     /// Destination ports (bit mask).
     pub dest: u64,
+    /// The frame's VLAN (0: untagged / the default VLAN); mirrors with `--vlan` select on it.
+    pub vlan: u16,
     /// What the frame needs from its destination (`offload::OFL_*`; 0 for ordinary frames).
     pub needs: u8,
     /// The source's virtio-net header offload fields (meaningful when `needs` is not 0).
@@ -30,6 +32,7 @@ impl Pkt {
             off: 0,
             len: 0,
             dest: 0,
+            vlan: 0,
             needs: 0,
             vnet: offload::NO_OFFLOADS,
         }
