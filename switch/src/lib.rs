@@ -9,6 +9,7 @@
 
 pub mod bridge;
 pub mod capture;
+pub mod capture_stream;
 pub mod config;
 pub mod ctl;
 pub mod datapath;
