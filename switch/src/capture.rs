@@ -122,7 +122,9 @@ impl CaptureRing {
             slot_bytes,
             mask: slots as u64 - 1,
             hdrs: (0..slots).map(|_| UnsafeCell::default()).collect(),
-            data: (0..slots * slot_bytes).map(|_| UnsafeCell::new(0)).collect(),
+            data: (0..slots * slot_bytes)
+                .map(|_| UnsafeCell::new(0))
+                .collect(),
             head: CachePadded::new(AtomicU64::new(0)),
             tail: CachePadded::new(AtomicU64::new(0)),
             missed: CachePadded::new(Counter::default()),

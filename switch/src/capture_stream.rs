@@ -171,7 +171,12 @@ fn write_oldest(handle: &CaptureHandle, pcap: &mut PcapWriter<SharedBuf>) -> boo
 }
 
 /// Serves one capture request on a control connection until it ends.
-pub fn serve(core: &Arc<SwitchCore>, mut stream: UnixStream, req: CaptureRequest, stop: &AtomicBool) {
+pub fn serve(
+    core: &Arc<SwitchCore>,
+    mut stream: UnixStream,
+    req: CaptureRequest,
+    stop: &AtomicBool,
+) {
     let snaplen = req.snaplen.unwrap_or(crate::capture::DEFAULT_SNAPLEN);
     let mut handle = match core.start_capture(&req.port, req.direction, snaplen) {
         Ok(h) => h,
@@ -345,13 +350,18 @@ pub fn capture(
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
     )
 }
 
 /// One line, across read timeouts (the switch answers a capture's start at once and its end
 /// right after the last chunk).
-fn read_line(reader: &mut BufReader<UnixStream>, _interrupted: &AtomicBool) -> std::io::Result<String> {
+fn read_line(
+    reader: &mut BufReader<UnixStream>,
+    _interrupted: &AtomicBool,
+) -> std::io::Result<String> {
     let mut line = Vec::new();
     loop {
         match reader.read_until(b'\n', &mut line) {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use switch::bridge::{SwitchConfig, SwitchCore};
+use switch::capture::Direction;
+use switch::capture_stream::CaptureRequest;
 use switch::config::{split_port_arg, FileConfig};
 use switch::ctl::{self, Request};
 use switch::pmd::{available_cores, parse_core_list};
-use switch::capture::Direction;
-use switch::capture_stream::CaptureRequest;
 use switch::port_spec::PortSpec;
 use switch::vhost_port::Mode;
 
@@ -195,7 +195,12 @@ enum MirrorCmd {
     /// it sends is discarded).
     Add {
         name: String,
-        #[arg(long, value_name = "PORT[,PORT...]", value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_name = "PORT[,PORT...]",
+            value_delimiter = ',',
+            required = true
+        )]
         select: Vec<String>,
         /// rx: frames the selected ports send; tx: frames sent to them.
         #[arg(long, default_value = "both", value_name = "rx|tx|both")]
