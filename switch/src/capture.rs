@@ -264,6 +264,7 @@ impl MirrorCounters {
 }
 
 /// One mirror as the data path sees it.
+#[derive(Clone)]
 pub struct MirrorRt {
     /// Frames from these ports are selected (bit mask).
     pub select_rx: u64,

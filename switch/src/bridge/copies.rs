@@ -147,7 +147,7 @@ fn mask_of(st: &State, names: &[String]) -> u64 {
 pub(super) fn plan(st: &State, pmds: usize) -> CopiesPlan {
     let mut outputs = 0u64;
     let mut output_counters: Vec<Option<Arc<MirrorCounters>>> = vec![None; MAX_PORTS];
-    let mut mirrors: Vec<(u64, u64, Option<u16>, u64, Arc<MirrorCounters>)> = Vec::new();
+    let mut mirrors: Vec<MirrorRt> = Vec::new();
     for m in st.copies.mirrors.values() {
         let Some(out) = st.ports.get(&m.spec.output) else {
             continue;
@@ -157,7 +157,13 @@ pub(super) fn plan(st: &State, pmds: usize) -> CopiesPlan {
         let tx = if m.spec.direction.tx() { select } else { 0 };
         outputs |= 1u64 << out.id;
         output_counters[out.id as usize].get_or_insert_with(|| m.counters.clone());
-        mirrors.push((rx, tx, m.spec.vlan, 1u64 << out.id, m.counters.clone()));
+        mirrors.push(MirrorRt {
+            select_rx: rx,
+            select_tx: tx,
+            vlan: m.spec.vlan,
+            out_bit: 1u64 << out.id,
+            counters: m.counters.clone(),
+        });
     }
     let captures: Vec<(u8, &CaptureEntry)> = st
         .copies
@@ -170,16 +176,7 @@ pub(super) fn plan(st: &State, pmds: usize) -> CopiesPlan {
             (!mirrors.is_empty() || !captures.is_empty()).then(|| {
                 Arc::new(PmdCopies {
                     pmd,
-                    mirrors: mirrors
-                        .iter()
-                        .map(|(rx, tx, vlan, out_bit, counters)| MirrorRt {
-                            select_rx: *rx,
-                            select_tx: *tx,
-                            vlan: *vlan,
-                            out_bit: *out_bit,
-                            counters: counters.clone(),
-                        })
-                        .collect(),
+                    mirrors: mirrors.clone(),
                     captures: captures
                         .iter()
                         .map(|(id, c)| CaptureTap {
