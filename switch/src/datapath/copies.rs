@@ -148,3 +148,101 @@ fn discard_tap(tap: &TapRt) -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::capture::{CaptureRing, Direction, MirrorRt};
+    use crate::datapath::snapshot::PmdSnapshot;
+    use crate::fdb::Fdb;
+    use crate::stats::PmdCounters;
+
+    /// A burst of frames over `bufs`, frame i going to `dest[i]` with VLAN `vlan[i]`.
+    fn burst(ws: &mut Workspace, bufs: &mut [[u8; 60]], dest: &[u64], vlan: &[u16]) -> usize {
+        for (i, b) in bufs.iter_mut().enumerate() {
+            b[0] = i as u8;
+            let p = &mut ws.pkts[i];
+            p.segs.clear();
+            p.segs.push(b.as_mut_ptr(), 60);
+            p.off = 0;
+            p.len = 60;
+            p.dest = dest[i];
+            p.vlan = vlan[i];
+        }
+        bufs.len()
+    }
+
+    #[test]
+    fn mirrors_add_their_output_to_selected_frames_and_captures_copy_them() {
+        let fdb = Fdb::default();
+        let counters = PmdCounters::default();
+        let snap = PmdSnapshot::empty();
+        let fwd = Forwarder {
+            snap: &snap,
+            fdb: &fdb,
+            counters: &counters,
+        };
+        let rx_mirror = Arc::new(MirrorCounters::new(1));
+        let tx_mirror = Arc::new(MirrorCounters::new(1));
+        let ring = Arc::new(CaptureRing::new(16));
+        let copies = PmdCopies {
+            pmd: 0,
+            mirrors: vec![
+                // Frames from port 0 on VLAN 5 to port 7.
+                MirrorRt {
+                    select_rx: 1 << 0,
+                    select_tx: 0,
+                    vlan: Some(5),
+                    out_bit: 1 << 7,
+                    counters: rx_mirror.clone(),
+                },
+                // Frames to port 2 to port 8.
+                MirrorRt {
+                    select_rx: 0,
+                    select_tx: 1 << 2,
+                    vlan: None,
+                    out_bit: 1 << 8,
+                    counters: tx_mirror.clone(),
+                },
+            ],
+            captures: vec![CaptureTap {
+                port: 8,
+                rx: Direction::Tx.rx(),
+                tx: Direction::Tx.tx(),
+                snaplen: 16,
+                ring: ring.clone(),
+            }],
+        };
+        let mut ws = Workspace::new(0);
+        let mut bufs = [[0u8; 60]; 4];
+        let n = burst(
+            &mut ws,
+            &mut bufs,
+            &[1 << 1, 1 << 2, 1 << 2, 0],
+            &[5, 5, 0, 5],
+        );
+        ws.pkts[2].len = 0; // refused earlier: neither mirrored nor captured
+        let union = fwd.copy_burst(&copies, 0, &mut ws.pkts[..n], 0b110);
+        let dests: Vec<u64> = ws.pkts[..n].iter().map(|p| p.dest).collect();
+        assert_eq!(
+            dests,
+            vec![1 << 1 | 1 << 7, 1 << 2 | 1 << 7 | 1 << 8, 1 << 2, 1 << 7]
+        );
+        assert_eq!(union, 0b110 | 1 << 7 | 1 << 8);
+        assert_eq!(rx_mirror.mirrored.sum(), 3);
+        assert_eq!(tx_mirror.mirrored.sum(), 1);
+        // The tx capture of port 8 (a mirror output) sees the one copy sent to it, cut at the
+        // snaplen, with its length on the wire.
+        let got = ring.pop(|_, orig, b| (orig, b.len(), b[0])).unwrap();
+        assert_eq!(got, (60, 16, 1));
+        assert!(ring.pop(|_, _, _| ()).is_none());
+
+        // A burst from a port no mirror selects and that goes nowhere selected: untouched.
+        let n = burst(&mut ws, &mut bufs, &[1 << 0, 1 << 0, 0, 0], &[5, 5, 5, 5]);
+        let union = fwd.copy_burst(&copies, 3, &mut ws.pkts[..n], 1 << 0);
+        assert_eq!(union, 1 << 0);
+        assert_eq!(rx_mirror.mirrored.sum(), 3);
+    }
+}
