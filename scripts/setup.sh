@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(qemu-system-x86 dpdk-dev busybox-static iperf3 iproute2 cpio kmod binutils xz-utils zstd procps)
+packages=(qemu-system-x86 dpdk-dev busybox-static iperf3 iproute2 tcpdump cpio kmod binutils xz-utils zstd procps)
 if [[ ${SWITCHYARD_SKIP_APT:-0} != 1 ]]; then
     missing=()
     for p in "${packages[@]}"; do

@@ -4,6 +4,8 @@
 //! change, [`SwitchCore::republish`] builds a fresh snapshot per PMD and waits until each PMD has
 //! swapped it in, so when it returns no PMD uses anything that was removed.
 
+mod copies;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +22,8 @@ use crate::pmd::{PmdError, PmdHandle};
 use crate::port_spec::PortSpec;
 use crate::stats::{PmdStats, PortStats};
 use crate::tap::{TapError, TapRt};
+pub use copies::{CaptureHandle, CaptureRow, CopiesError, MirrorRow, MirrorSpec, MAX_MIRRORS};
+
 use crate::vhost_port::{
     feature_names, Mode, PortError, PortQueues, PortRunner, SessionError, SessionEvents,
     SessionInfo,
@@ -91,6 +95,8 @@ pub enum SwitchError {
         port: String,
         error: crate::vlan::VlanError,
     },
+    #[error(transparent)]
+    Copies(#[from] CopiesError),
 }
 
 struct PortEntry {
@@ -124,6 +130,8 @@ struct State {
     next_uid: u64,
     assignment: Vec<RxqAssignment>,
     pmd_baseline: Vec<PmdStats>,
+    /// Captures and mirrors (bridge/copies.rs).
+    copies: copies::CopiesState,
 }
 
 /// Where a port is in its life, for `ports` (shown and serialized as `waiting`, `connected`,
@@ -196,6 +204,10 @@ pub struct PortStatsRow {
     #[serde(flatten)]
     pub stats: PortStats,
     pub protocol_errors: u64,
+    /// Mirrors whose output is this port.
+    pub mirrors: Vec<MirrorRow>,
+    /// Captures running on this port.
+    pub captures: Vec<CaptureRow>,
 }
 
 /// One active ring for `rings`.
@@ -289,12 +301,7 @@ impl SwitchCore {
 
     /// Adds a port.
     pub fn add_port(self: &Arc<Self>, name: &str, kind: PortSpec) -> Result<(), SwitchError> {
-        let valid = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !valid {
+        if !valid_name(name) {
             return Err(SwitchError::BadName(name.to_string()));
         }
         let mut st = self.lock();
@@ -536,6 +543,10 @@ impl SwitchCore {
                 present |= 1u64 << e.id;
             }
         }
+        // Capture/mirror hook (bridge/copies.rs): mirror output ports leave normal forwarding
+        // and what they send is discarded.
+        let copies = copies::plan(st, self.pmds.len());
+        present &= !copies.outputs;
         rxqs.sort_by_key(|(id, _, q, _)| (*id, *q));
         let vlans = VlanPlan::build(st.ports.values().map(|e| (e.id, &e.vlan))).map(Arc::new);
         let n = self.pmds.len();
@@ -549,9 +560,10 @@ impl SwitchCore {
                 port: name,
                 queue: q,
             });
+            let source = copies.wrap_rx(id, source);
             per_pmd[pmd].push(RxqRt { port: id, source });
         }
-        for (pmd, rxqs) in self.pmds.iter().zip(per_pmd) {
+        for (i, (pmd, rxqs)) in self.pmds.iter().zip(per_pmd).enumerate() {
             let snap = Arc::new(PmdSnapshot {
                 ports: ports.clone(),
                 present,
@@ -559,6 +571,7 @@ impl SwitchCore {
                 security: security.clone(),
                 vlans: vlans.clone(),
                 limits: self.limits,
+                copies: copies.for_pmd(i),
             });
             if let Err(e) = pmd.swap(snap) {
                 tracing::error!("{e}");
@@ -633,11 +646,16 @@ impl SwitchCore {
             .ports
             .iter()
             .filter(|(n, _)| port.is_none_or(|p| p == n.as_str()))
-            .map(|(name, e)| PortStatsRow {
-                name: name.clone(),
-                id: e.id,
-                stats: self.port_counters_sum(e.id).since(&e.baseline),
-                protocol_errors: e.protocol_errors,
+            .map(|(name, e)| {
+                let (mirrors, captures) = copies::port_rows(&st, name);
+                PortStatsRow {
+                    name: name.clone(),
+                    id: e.id,
+                    stats: self.port_counters_sum(e.id).since(&e.baseline),
+                    protocol_errors: e.protocol_errors,
+                    mirrors,
+                    captures,
+                }
             })
             .collect();
         rows.sort_by_key(|r| r.id);
@@ -796,6 +814,15 @@ pub fn parse_mac_list(s: &str) -> Result<Vec<crate::fdb::Mac>, SwitchError> {
                 .ok_or_else(|| SwitchError::BadMac(m.trim().to_string()))
         })
         .collect()
+}
+
+/// Port and mirror names: 1 to 32 letters, digits, '-', '_' and '.'.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {

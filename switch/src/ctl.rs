@@ -15,7 +15,9 @@ use std::time::Duration;
 use cli_support::{bind_unix_listener, BindError};
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::SwitchCore;
+use crate::bridge::{MirrorSpec, SwitchCore};
+use crate::capture::Direction;
+use crate::capture_stream::CaptureRequest;
 use crate::fdb::parse_mac;
 use crate::port_spec::PortSpec;
 use crate::vlan::VlanMode;
@@ -79,6 +81,21 @@ pub enum Request {
     PmdRxq,
     PmdStats,
     ClearPmdStats,
+    /// Streams a pcap of a port's frames (see `capture_stream`); not a one-line answer.
+    Capture(CaptureRequest),
+    MirrorAdd {
+        name: String,
+        select: Vec<String>,
+        #[serde(default)]
+        direction: Direction,
+        #[serde(default)]
+        vlan: Option<u16>,
+        output: String,
+    },
+    MirrorDel {
+        name: String,
+    },
+    MirrorList,
     Version,
     Shutdown,
 }
@@ -96,7 +113,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn ok(data: impl Serialize, text: String) -> Self {
+    pub(crate) fn ok(data: impl Serialize, text: String) -> Self {
         Response {
             ok: true,
             error: None,
@@ -105,7 +122,7 @@ impl Response {
         }
     }
 
-    fn err(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn err(e: impl std::fmt::Display) -> Self {
         Response {
             ok: false,
             error: Some(e.to_string()),
@@ -218,7 +235,7 @@ impl CtlServer {
                         let spawned = std::thread::Builder::new()
                             .name("ctl-client".into())
                             .spawn_scoped(scope, move || {
-                                if handle_client(core, stream) {
+                                if handle_client(core, stream, stop) {
                                     stop.store(true, Ordering::SeqCst);
                                 }
                                 active.fetch_sub(1, Ordering::SeqCst);
@@ -275,7 +292,7 @@ fn reply(mut stream: UnixStream, resp: &Response) {
 }
 
 /// Handles one client; returns true when it asked the switch to shut down.
-fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream) -> bool {
+fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream, stop: &AtomicBool) -> bool {
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return false,
@@ -299,6 +316,12 @@ fn handle_client(core: &Arc<SwitchCore>, stream: UnixStream) -> bool {
             Response::ok(serde_json::Value::Null, "vswitch is shutting down\n".into()),
             true,
         ),
+        Ok(Request::Capture(req)) => {
+            // A capture streams until it ends, with no timeout on the client's side.
+            let _ = stream.set_read_timeout(None);
+            crate::capture_stream::serve(core, stream, req, stop);
+            return false;
+        }
         Ok(req) => (execute(core, req), false),
         Err(e) => (Response::err(format!("bad request: {e}")), false),
     };
@@ -432,6 +455,36 @@ pub fn execute(core: &Arc<SwitchCore>, req: Request) -> Response {
         Request::ClearPmdStats => {
             core.clear_pmd_stats();
             Response::ok(serde_json::Value::Null, "PMD counters cleared\n".into())
+        }
+        Request::Capture(_) => {
+            Response::err("a capture streams over its own connection (vswitch ctl capture)")
+        }
+        Request::MirrorAdd {
+            name,
+            select,
+            direction,
+            vlan,
+            output,
+        } => {
+            let spec = MirrorSpec {
+                select,
+                direction,
+                vlan,
+                output,
+            };
+            match core.add_mirror(&name, spec) {
+                Ok(()) => Response::ok(serde_json::Value::Null, format!("added mirror {name}\n")),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::MirrorDel { name } => match core.del_mirror(&name) {
+            Ok(()) => Response::ok(serde_json::Value::Null, format!("deleted mirror {name}\n")),
+            Err(e) => Response::err(e),
+        },
+        Request::MirrorList => {
+            let rows = core.mirrors();
+            let text = crate::render::mirrors_table(&rows);
+            Response::ok(rows, text)
         }
         Request::Version => Response::ok(
             env!("CARGO_PKG_VERSION"),

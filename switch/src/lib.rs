@@ -8,6 +8,8 @@
 //! ([`datapath::snapshot`]); the data path never imports the control path.
 
 pub mod bridge;
+pub mod capture;
+pub mod capture_stream;
 pub mod config;
 pub mod ctl;
 pub mod datapath;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use switch::bridge::{SwitchConfig, SwitchCore};
+use switch::capture::Direction;
+use switch::capture_stream::CaptureRequest;
 use switch::config::{split_port_arg, FileConfig};
 use switch::ctl::{self, Request};
 use switch::pmd::{available_cores, parse_core_list};
@@ -208,10 +210,73 @@ enum CtlCmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Capture a port's frames as a pcap (`--pcap -`: to stdout, e.g. `| tcpdump -r - -n`);
+    /// ends at --count, --duration or Ctrl-C, then prints frames written and missed.
+    Capture {
+        port: String,
+        /// File to write, or `-` for stdout.
+        #[arg(long, value_name = "FILE|-")]
+        pcap: PathBuf,
+        /// rx: frames the port sent into the switch; tx: frames the switch sent to it.
+        #[arg(long, default_value = "both", value_name = "rx|tx|both")]
+        direction: Direction,
+        /// Stop after N frames.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        duration: Option<f64>,
+        /// Most bytes kept per frame (default 65535).
+        #[arg(long, value_name = "N")]
+        snaplen: Option<u32>,
+    },
+    /// Port mirrors: copies of selected traffic sent to an output port.
+    Mirror {
+        #[command(subcommand)]
+        cmd: MirrorCmd,
+    },
     /// The running switch's version.
     Version,
     /// Stop the switch.
     Shutdown,
+}
+
+#[derive(Subcommand)]
+enum MirrorCmd {
+    /// Copy the frames of the selected ports to PORT (which then carries only the copies; what
+    /// it sends is discarded).
+    Add {
+        name: String,
+        #[arg(
+            long,
+            value_name = "PORT[,PORT...]",
+            value_delimiter = ',',
+            required = true
+        )]
+        select: Vec<String>,
+        /// rx: frames the selected ports send; tx: frames sent to them.
+        #[arg(long, default_value = "both", value_name = "rx|tx|both")]
+        direction: Direction,
+        /// Only frames of this VLAN (0: untagged).
+        #[arg(long, value_name = "N")]
+        vlan: Option<u16>,
+        #[arg(long, value_name = "PORT")]
+        output: String,
+    },
+    /// Delete a mirror; its output port carries normal traffic again.
+    Del { name: String },
+    /// Mirrors with their counters.
+    List,
+}
+
+/// Seconds, as `5`, `2.5` or `5s`.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    s.strip_suffix('s')
+        .unwrap_or(s)
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
 fn main() -> ExitCode {
@@ -413,6 +478,45 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
         CtlCmd::PmdRxq => vec![Request::PmdRxq],
         CtlCmd::PmdStats { clear: true } => vec![Request::ClearPmdStats],
         CtlCmd::PmdStats { clear: false } => vec![Request::PmdStats],
+        CtlCmd::Capture {
+            port,
+            pcap,
+            direction,
+            count,
+            duration,
+            snaplen,
+        } => {
+            let req = CaptureRequest {
+                port,
+                direction,
+                snaplen,
+                count,
+                duration_secs: duration,
+            };
+            return capture_cmd(&path, &req, &pcap, args.json);
+        }
+        CtlCmd::Mirror {
+            cmd:
+                MirrorCmd::Add {
+                    name,
+                    select,
+                    direction,
+                    vlan,
+                    output,
+                },
+        } => vec![Request::MirrorAdd {
+            name,
+            select,
+            direction,
+            vlan,
+            output,
+        }],
+        CtlCmd::Mirror {
+            cmd: MirrorCmd::Del { name },
+        } => vec![Request::MirrorDel { name }],
+        CtlCmd::Mirror {
+            cmd: MirrorCmd::List,
+        } => vec![Request::MirrorList],
         CtlCmd::Version => vec![Request::Version],
         CtlCmd::Shutdown => vec![Request::Shutdown],
     };
@@ -427,6 +531,54 @@ fn ctl_cmd(args: CtlArgs) -> Result<ExitCode, AnyError> {
         } else {
             print!("{}", resp.text);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ctl capture`: the pcap stream goes to FILE or stdout; the summary to stdout, or to stderr
+/// when stdout carries the pcap.
+fn capture_cmd(
+    path: &std::path::Path,
+    req: &CaptureRequest,
+    pcap: &std::path::Path,
+    json: bool,
+) -> Result<ExitCode, AnyError> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, interrupted.clone())?;
+    }
+    let to_stdout = pcap == std::path::Path::new("-");
+    let mut out: Box<dyn std::io::Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let file = std::fs::File::create(pcap)
+            .map_err(|e| format!("cannot create {}: {e}", pcap.display()))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    let resp = switch::capture_stream::capture(path, req, &mut out, &interrupted)?;
+    // A closed pipe on stdout is how a reader (tcpdump -c) ends a capture, not an error.
+    if let Err(e) = out.flush() {
+        if !to_stdout {
+            return Err(format!("cannot write {}: {e}", pcap.display()).into());
+        }
+    }
+    if !resp.ok {
+        eprintln!("vswitch ctl: {}", resp.error.unwrap_or_default());
+        return Ok(ExitCode::FAILURE);
+    }
+    let summary = if json {
+        format!("{}\n", serde_json::to_string_pretty(&resp.data)?)
+    } else {
+        resp.text
+    };
+    if to_stdout {
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }

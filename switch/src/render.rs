@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::bridge::{FdbRow, PortInfo, PortStatsRow, RingRow, RxqAssignment};
+use crate::bridge::{FdbRow, MirrorRow, PortInfo, PortStatsRow, RingRow, RxqAssignment};
 use crate::stats::PmdStats;
 
 pub fn ports_table(ports: &[PortInfo]) -> String {
@@ -91,6 +91,20 @@ pub fn stats_table(rows: &[PortStatsRow]) -> String {
         }
         if !drops.is_empty() {
             let _ = writeln!(s, "    tx drops by reason: {}", reasons(drops));
+        }
+        for m in &r.mirrors {
+            let _ = writeln!(
+                s,
+                "    output of mirror {}: {} frames mirrored, {} sent by the port discarded",
+                m.name, m.mirrored, m.output_discarded
+            );
+        }
+        for c in &r.captures {
+            let _ = writeln!(
+                s,
+                "    capture ({}): {} frames written, {} missed, {:.0} s",
+                c.direction, c.written, c.missed, c.secs
+            );
         }
     }
     s.push_str("(RX: frames the switch received from the port; TX: frames it sent to the port)\n");
@@ -194,5 +208,36 @@ pub fn rings_table(rows: &[RingRow]) -> String {
     if rows.is_empty() {
         s.push_str("(no active rings)\n");
     }
+    s
+}
+
+pub fn mirrors_table(rows: &[MirrorRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<14} {:<24} {:<5} {:<5} {:<14} {:>12} {:>10}",
+        "MIRROR", "SELECT", "DIR", "VLAN", "OUTPUT", "MIRRORED", "DISCARDED"
+    );
+    for m in rows {
+        let vlan = m.vlan.map_or("any".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            s,
+            "{:<14} {:<24} {:<5} {:<5} {:<14} {:>12} {:>10}",
+            m.name,
+            m.select.join(","),
+            m.direction,
+            vlan,
+            m.output,
+            m.mirrored,
+            m.output_discarded
+        );
+        if !m.missing_ports.is_empty() {
+            let _ = writeln!(s, "     missing ports: {}", m.missing_ports.join(","));
+        }
+    }
+    if rows.is_empty() {
+        s.push_str("(no mirrors)\n");
+    }
+    s.push_str("(DISCARDED: frames the output port sent; an output port only receives copies)\n");
     s
 }

@@ -9,6 +9,7 @@
 //! for our own frontend, and [`streaming_pair::StreamingPair`] the pair of ports that streams
 //! while a test does something else to the switch.
 
+pub mod capture;
 pub mod lab;
 pub mod netns;
 pub mod pktgen;

@@ -2,13 +2,15 @@
 //! an access port of VLAN 10 and one of VLAN 20 in the same IP subnet, and a Linux guest under
 //! QEMU on a vhost-user trunk of VLANs 10 and 20 with an 802.1Q interface for each. Pings work
 //! within a VLAN and fail across; VLAN 10's broadcasts never reach the VLAN 20 port; the
-//! guest's one MAC is learned once per VLAN; `ctl set-port --tag` moves a port live.
+//! guest's one MAC is learned once per VLAN; `ctl capture` shows frames tagged on the trunk and
+//! untagged on an access port (`tcpdump -r`); `ctl set-port --tag` moves a port live.
 //! (The host kernel here has no 802.1Q support, so the tagged side is the guest's kernel, not a
-//! namespace's VLAN interface.) Skipped (with `SKIPPED:`) only when root, /dev/net/tun, `ip` or
-//! QEMU is missing.
+//! namespace's VLAN interface.) Skipped (with `SKIPPED:`) only when root, /dev/net/tun, `ip`,
+//! tcpdump or QEMU is missing.
 
 use std::time::Duration;
 
+use switchyard_tests::capture::{capture, finished, tcpdump_read};
 use switchyard_tests::netns::{run, text, Netns};
 use switchyard_tests::qemu::{guest_image, Qemu, QEMU_BINARY};
 use switchyard_tests::vswitch::{socket_in, Vswitch};
@@ -44,6 +46,7 @@ fn access_ports_and_a_guest_on_a_trunk_keep_vlans_apart() {
         || skip_unless(has_tun(), "needs /dev/net/tun")
         || skip_unless(has_program("ip"), "needs `ip` (iproute2)")
         || skip_unless(has_program(QEMU_BINARY), "needs QEMU")
+        || skip_unless(has_program("tcpdump"), "needs tcpdump")
     {
         return;
     }
@@ -123,6 +126,74 @@ fn access_ports_and_a_guest_on_a_trunk_keep_vlans_apart() {
     assert_eq!(vlans, [10, 20], "{fdb}");
     let table = sw.ctl_ok(&["fdb"]);
     assert!(table.lines().next().unwrap().contains("VLAN"), "{table}");
+
+    // Captures show frames as each port's wire has them: tagged on the trunk, untagged on the
+    // access port (the namespace's pings out through the guest's trunk, its replies back).
+    let to_trunk = s.path("lin-tx.pcap");
+    let to_access = s.path("p10-tx.pcap");
+    let captures = [
+        capture(
+            &s,
+            &sw,
+            "cap-lin",
+            &[
+                "lin",
+                "--direction",
+                "tx",
+                "--count",
+                "3",
+                "--pcap",
+                to_trunk.to_str().unwrap(),
+            ],
+        ),
+        capture(
+            &s,
+            &sw,
+            "cap-p10",
+            &[
+                "p10",
+                "--direction",
+                "tx",
+                "--count",
+                "3",
+                "--pcap",
+                to_access.to_str().unwrap(),
+            ],
+        ),
+    ];
+    for port in ["lin", "p10"] {
+        assert!(
+            wait_until(Duration::from_secs(10), || port_row(&sw, "stats", port)
+                ["captures"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())),
+            "no capture on {port}"
+        );
+    }
+    let (ok, out) = pings(&ns10, "10.0.0.3", 4);
+    assert!(ok, "VLAN 10 pings while capturing:\n{out}");
+    for c in captures {
+        let summary = finished(c, 20);
+        assert!(summary.contains("3 frames written"), "{summary}");
+    }
+    let trunk_lines = tcpdump_read(&to_trunk);
+    let access_lines = tcpdump_read(&to_access);
+    println!(
+        "trunk capture:\n{}\naccess capture:\n{}",
+        trunk_lines.join("\n"),
+        access_lines.join("\n")
+    );
+    assert_eq!((trunk_lines.len(), access_lines.len()), (3, 3));
+    assert!(
+        trunk_lines.iter().all(|l| l.contains("vlan 10")),
+        "frames to the trunk without their tag: {trunk_lines:#?}"
+    );
+    assert!(
+        access_lines
+            .iter()
+            .all(|l| !l.contains("vlan") && l.contains("10.0.0.")),
+        "frames to the access port with a tag: {access_lines:#?}"
+    );
 
     // Across VLANs in one subnet: nothing answers, and VLAN 10's ARP broadcasts never reach
     // the VLAN 20 namespace (a request it had heard would have left 10.0.0.1 in its

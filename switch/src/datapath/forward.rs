@@ -56,6 +56,10 @@ impl Forwarder<'_> {
         match &rxq.source {
             RxSource::Vhost { queue, hdr_len } => self.poll_vhost(rxq.port, queue, *hdr_len, ws),
             RxSource::Tap(tap) => self.poll_tap(rxq.port, tap, ws),
+            // Capture/mirror hook (copies.rs).
+            RxSource::MirrorOutput { source, counters } => {
+                self.poll_discard(rxq.port, source, counters, ws)
+            }
         }
     }
 
@@ -336,10 +340,14 @@ impl Forwarder<'_> {
             &mut ws.pkts[..n]
         };
         // Pass 2: learn and decide destinations.
-        let (union, rx_packets, rx_bytes) = match self.snap.vlans.as_deref() {
+        let (mut union, rx_packets, rx_bytes) = match self.snap.vlans.as_deref() {
             None => self.classify_burst(port, pkts, hdr_len),
             Some(plan) => self.classify_burst_vlan(plan, port, pkts, hdr_len),
         };
+        // Capture/mirror hook (copies.rs): one check per burst, nothing else when off.
+        if let Some(copies) = self.snap.copies.as_deref() {
+            union = self.copy_burst(copies, port, pkts, union);
+        }
         self.deliver(pkts, union, &mut ws.bufs, ws.pmd_index);
         // Buffers were consumed in avail order; with IN_ORDER one element returns them all.
         match pkts.last() {

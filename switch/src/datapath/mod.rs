@@ -12,6 +12,7 @@
 //! - [`forward`]: one burst from source to destinations ([`Forwarder`]), with the offload
 //!   fallback and TAP ports in their own files.
 
+mod copies;
 pub mod enqueue;
 mod fallback;
 pub mod forward;
@@ -21,6 +22,7 @@ mod tap_port;
 pub mod workspace;
 
 pub use crate::limits::{Limits, BURST, DEFAULT_MAX_FRAME, MAX_GSO_FRAME, MAX_PORTS};
+pub use copies::copy_frame;
 pub use enqueue::{EnqueueError, FrameRef, RxChains, RxFormat, RxTarget};
 pub use forward::Forwarder;
 pub use queue::QueueRt;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::queue::QueueRt;
+use crate::capture::{MirrorCounters, PmdCopies};
 use crate::fdb::Mac;
 use crate::limits::{Limits, MAX_PORTS};
 use crate::tap::TapRt;
@@ -55,6 +56,12 @@ pub enum RxSource {
         hdr_len: usize,
     },
     Tap(Arc<TapRt>),
+    /// Capture/mirror hook: the rx queue of a mirror's output port, whose frames are discarded
+    /// (counted in the mirror's `discarded`).
+    MirrorOutput {
+        source: Box<RxSource>,
+        counters: Arc<MirrorCounters>,
+    },
 }
 
 /// One rx queue a PMD polls.
@@ -75,6 +82,9 @@ pub struct PmdSnapshot {
     /// VLAN step).
     pub vlans: Option<Arc<VlanPlan>>,
     pub limits: Limits,
+    /// Capture/mirror hook: captures and mirrors (None when there are none: the data path then
+    /// checks this once per burst and does nothing else).
+    pub copies: Option<Arc<PmdCopies>>,
 }
 
 impl PmdSnapshot {
@@ -86,6 +96,7 @@ impl PmdSnapshot {
             security: (0..MAX_PORTS).map(|_| None).collect(),
             vlans: None,
             limits: Limits::default(),
+            copies: None,
         }
     }
 }

@@ -90,6 +90,10 @@ impl Forwarder<'_> {
             n += 1;
         }
         if n > 0 {
+            // Capture/mirror hook (copies.rs): one check per burst, nothing else when off.
+            if let Some(copies) = self.snap.copies.as_deref() {
+                union = self.copy_burst(copies, port, &mut ws.pkts[..n], union);
+            }
             self.deliver(&ws.pkts[..n], union, &mut ws.bufs, ws.pmd_index);
         }
         let pc = &self.counters.ports[port as usize];

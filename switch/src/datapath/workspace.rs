@@ -22,7 +22,7 @@ pub struct Pkt {
     /// The source's virtio-net header offload fields (meaningful when `needs` is not 0).
     pub vnet: VnetHdr,
     /// The frame's VLAN inside the switch and its tag as received (set only while some port
-    /// uses VLANs).
+    /// uses VLANs; mirrors with `--vlan` select on it).
     pub vlan: u16,
     pub tci: Option<u16>,
 }
