@@ -255,6 +255,26 @@ mod tests {
                 ..
             }
         )));
+        // VLANs: an access port, a trunk with a native VLAN; contradictions refused.
+        std::fs::write(
+            &path,
+            "[[port]]\nname = \"a\"\ntype = \"tap\"\nifname = \"t\"\ntag = 10\n\
+             [[port]]\nname = \"b\"\ntype = \"vhost-user\"\nsocket = \"/b\"\n\
+             trunks = \"10,20-22\"\nnative = 5\n",
+        )
+        .unwrap();
+        let cfg = FileConfig::load(&path).unwrap();
+        assert_eq!(cfg.port[0].vlan, VlanMode::Access { tag: 10 });
+        assert_eq!(cfg.port[1].vlan.describe(), "trunk 10,20-22 native 5");
+        let e = refused(
+            "[[port]]\nname = \"a\"\ntype = \"tap\"\nifname = \"t\"\ntag = 1\ntrunks = \"2\"\n",
+        );
+        assert!(
+            e.contains("port \"a\": a port is either an access port"),
+            "{e}"
+        );
+        let e = refused("[[port]]\nname = \"a\"\ntype = \"tap\"\nifname = \"t\"\ntag = 4095\n");
+        assert!(e.contains("4095"), "{e}");
         std::fs::write(&path, "pmd_cores = 1\n").unwrap();
         assert!(matches!(
             FileConfig::load(&path),
