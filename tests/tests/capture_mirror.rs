@@ -7,11 +7,12 @@
 //! Skipped (with `SKIPPED:`) without root (pktgen's hugepages and pinning, namespaces), tcpdump,
 //! /dev/net/tun or `ip`.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_tests::capture::{capture, finished, tcpdump_read};
+use switchyard_tests::netns::{text, Netns};
 use switchyard_tests::pktgen::Pktgen;
 use switchyard_tests::process::Process;
 use switchyard_tests::vswitch::{socket_in, Vswitch};
@@ -32,23 +33,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn skip_common() -> bool {
     skip_unless(is_root(), "needs root (hugepages, pinning)")
         || skip_unless(has_program("tcpdump"), "needs tcpdump")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
-    text(&out)
 }
 
 /// vswitch with one PMD (core 1 when there is one), ports p0 and p1, and `taps`.
@@ -283,35 +267,6 @@ fn a_capture_under_a_max_rate_run_misses_copies_but_no_forwarded_frame() {
     assert_eq!(u(&d, "corrupted"), 0, "{d}");
 }
 
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("sy-cap-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        Netns { name }
-    }
-
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stdin(Stdio::null())
-            .output();
-    }
-}
-
 #[test]
 fn a_mirror_to_a_tap_shows_the_selected_traffic_to_tcpdump_in_a_namespace() {
     if skip_common()
@@ -326,19 +281,7 @@ fn a_mirror_to_a_tap_shows_the_selected_traffic_to_tcpdump_in_a_namespace() {
     let ifname = format!("symon{}", std::process::id());
     assert!(ifname.len() <= 15);
     let sw = start_switch(&s, &[("mon", &ifname)]);
-    assert!(
-        wait_until(Duration::from_secs(10), || Command::new("ip")
-            .args(["link", "show", &ifname])
-            .output()
-            .is_ok_and(|o| o.status.success())),
-        "no TAP {ifname}"
-    );
-    run_ok(Command::new("ip").args(["link", "set", &ifname, "netns", &ns.name]));
-    run_ok(
-        ns.cmd("ip")
-            .args(["addr", "add", "10.9.0.1/24", "dev", &ifname]),
-    );
-    run_ok(ns.cmd("ip").args(["link", "set", &ifname, "up"]));
+    ns.take_tap(&ifname, "10.9.0.1/24");
 
     // Refusals first: an output cannot be selected, ports must exist.
     let o = sw.ctl(&[
