@@ -360,6 +360,12 @@ fn a_mirror_to_a_tap_shows_the_selected_traffic_to_tcpdump_in_a_namespace() {
     let frames: Vec<&str> = log.lines().filter(|l| l.contains(PKTGEN_FLOW)).collect();
     assert_eq!(frames.len(), 50, "{log}");
 
+    // The output port's own frames (the namespace asking for a neighbour: ARP broadcasts)
+    // are discarded.
+    let _ = ns
+        .ping_cmd(&["-c", "2", "-i", "0.2", "-W", "1", "10.9.0.2"])
+        .stdin(Stdio::null())
+        .output();
     let mirrors = sw.ctl_json(&["mirror", "list"]);
     let m = &mirrors[0];
     assert_eq!(m["name"], "ids", "{mirrors}");
