@@ -25,7 +25,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::{CaptureHandle, SwitchCore};
+use crate::bridge::{CaptureHandle, CaptureRow, SwitchCore};
 use crate::capture::Direction;
 use crate::ctl::{CtlError, Response};
 
@@ -73,14 +73,9 @@ impl EndReason {
 /// The last line of a capture stream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CaptureSummary {
-    pub port: String,
-    pub direction: Direction,
-    pub snaplen: u32,
-    /// Frames written to the pcap stream.
-    pub written: u64,
-    /// Copies dropped because the capture could not keep up (the PMD never waits for it).
-    pub missed: u64,
-    pub secs: f64,
+    /// The capture's figures as `stats` shows them while it runs (same JSON keys).
+    #[serde(flatten)]
+    pub capture: CaptureRow,
     pub ended: EndReason,
 }
 
@@ -88,11 +83,11 @@ impl CaptureSummary {
     pub fn text(&self) -> String {
         format!(
             "capture {} ({}): {} frames written, {} missed (capture could not keep up); {:.1} s, ended: {}\n",
-            self.port,
-            self.direction,
-            self.written,
-            self.missed,
-            self.secs,
+            self.capture.port,
+            self.capture.direction,
+            self.capture.written,
+            self.capture.missed,
+            self.capture.secs,
             self.ended.describe()
         )
     }
@@ -256,12 +251,14 @@ pub fn serve(
         return;
     }
     let summary = CaptureSummary {
-        port: req.port.clone(),
-        direction: req.direction,
-        snaplen,
-        written,
-        missed: handle.missed(),
-        secs: started.elapsed().as_secs_f64(),
+        capture: CaptureRow {
+            port: req.port.clone(),
+            direction: req.direction,
+            snaplen,
+            written,
+            missed: handle.missed(),
+            secs: started.elapsed().as_secs_f64(),
+        },
         ended,
     };
     let text = summary.text();

@@ -97,15 +97,16 @@ pub struct MirrorRow {
     pub missing_ports: Vec<String>,
 }
 
-/// One running capture for `stats`.
-#[derive(Clone, Debug, Serialize)]
+/// One running capture for `stats` (and, with how it ended, a capture's summary).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct CaptureRow {
     pub port: String,
     pub direction: Direction,
     pub snaplen: u32,
     /// Frames handed to the client.
     pub written: u64,
-    /// Copies dropped because the capture could not keep up (its ring was full).
+    /// Copies dropped because the capture could not keep up (its ring was full; the PMD never
+    /// waits for it).
     pub missed: u64,
     pub secs: f64,
 }

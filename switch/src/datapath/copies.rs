@@ -167,13 +167,7 @@ impl Forwarder<'_> {
             ring.advance();
             ring.push_used(head, 0);
         }
-        queue.set_consumed(ring.last_avail());
-        let interrupt = ring.publish();
-        drop(ring);
-        if interrupt {
-            queue.notify();
-            self.counters.interrupts.add(1);
-        }
+        self.release_tx_ring(queue, ring);
         n
     }
 }

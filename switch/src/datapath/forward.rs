@@ -358,6 +358,21 @@ impl Forwarder<'_> {
                 }
             }
         }
+        self.release_tx_ring(queue, ring);
+        let pc = &self.counters.ports[port as usize];
+        pc.rx_packets.add(rx_packets);
+        pc.rx_bytes.add(rx_bytes);
+        n
+    }
+
+    /// Ends a poll of a guest's tx ring: records how far it was consumed, publishes the used
+    /// entries, unlocks it and interrupts the guest if it asked.
+    #[inline(always)]
+    pub(super) fn release_tx_ring(
+        &self,
+        queue: &QueueRt,
+        mut ring: impl std::ops::DerefMut<Target = DeviceRing>,
+    ) {
         queue.set_consumed(ring.last_avail());
         let interrupt = ring.publish();
         drop(ring);
@@ -365,10 +380,6 @@ impl Forwarder<'_> {
             queue.notify();
             self.counters.interrupts.add(1);
         }
-        let pc = &self.counters.ports[port as usize];
-        pc.rx_packets.add(rx_packets);
-        pc.rx_bytes.add(rx_bytes);
-        n
     }
 
     /// Delivers parsed frames to every port in `union`.
