@@ -188,11 +188,17 @@ fn access_ports_and_a_guest_on_a_trunk_keep_vlans_apart() {
         trunk_lines.iter().all(|l| l.contains("vlan 10")),
         "frames to the trunk without their tag: {trunk_lines:#?}"
     );
+    // (The guest's own traffic on VLAN 10, such as an IPv6 router solicitation, may be among
+    // the three: untagged as well.)
+    assert!(
+        access_lines.iter().all(|l| !l.contains("vlan")),
+        "frames to the access port with a tag: {access_lines:#?}"
+    );
     assert!(
         access_lines
             .iter()
-            .all(|l| !l.contains("vlan") && l.contains("10.0.0.")),
-        "frames to the access port with a tag: {access_lines:#?}"
+            .any(|l| l.contains("10.0.0.3 > 10.0.0.1")),
+        "no reply from the guest among the frames to the access port: {access_lines:#?}"
     );
 
     // Across VLANs in one subnet: nothing answers, and VLAN 10's ARP broadcasts never reach
