@@ -185,8 +185,14 @@ fn access_ports_and_a_guest_on_a_trunk_keep_vlans_apart() {
     );
     assert_eq!((trunk_lines.len(), access_lines.len()), (3, 3));
     assert!(
-        trunk_lines.iter().all(|l| l.contains("vlan 10")),
+        trunk_lines.iter().all(|l| l.contains("ethertype 802.1Q")),
         "frames to the trunk without their tag: {trunk_lines:#?}"
+    );
+    assert!(
+        trunk_lines
+            .iter()
+            .any(|l| l.contains("vlan 10") && l.contains("10.0.0.1 > 10.0.0.3")),
+        "no VLAN 10 ping among the frames to the trunk: {trunk_lines:#?}"
     );
     // (The guest's own traffic on VLAN 10, such as an IPv6 router solicitation, may be among
     // the three: untagged as well.)
